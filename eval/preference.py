@@ -1,0 +1,319 @@
+"""Preference analysis of the annotators' blind A/B ratings.
+
+Input: the ratings store's export (`RatingStore.export_ratings()` dicts, or its CSV).
+Each rating compares two systems on one item, with a choice A/B/tie and empathy and
+quality scores (1 to 5) for both responses. Reported:
+- per system pair: wins of each system, ties, win rates over all ratings of the pair
+  (ties counted separately: win_rate[x] + win_rate[y] + tie_rate = 1), with bootstrap
+  95% percentile intervals that resample items (all ratings of a drawn item go
+  together, since annotators of one item are not independent), seeded;
+- overall tie rate, and how often A, B and tie were chosen (position bias);
+- mean empathy and quality per system (each rating scores both of its responses),
+  with the same item bootstrap;
+- agreement between annotators on the system-level preference (which system won, or
+  tie; so the randomised A/B order cancels out), over the (item, pair) units rated by
+  at least two annotators: Cohen's kappa with two annotators, Fleiss' kappa with more
+  (the variable-raters form: with a constant number of raters per unit it is Fleiss'
+  original statistic). A kappa is None where undefined (no shared units, or every
+  answer in one category);
+- all of the above except agreement, per emotion of the item.
+
+    python -m eval.preference --db ~/.local/share/semollama/ratings.sqlite --out pref.json
+    python -m eval.preference --csv ratings.csv --out pref.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from semollama_core.ratings import CHOICES, RatingStore
+
+__all__ = ["PreferenceError", "preference_report", "read_ratings_csv", "load_ratings_db",
+           "cohen_kappa", "fleiss_kappa", "bootstrap_ratio_ci"]
+
+REQUIRED_FIELDS = ("item_id", "annotator_id", "system_a", "system_b", "choice",
+                   "empathy_a", "empathy_b", "quality_a", "quality_b")
+LABELS = ("first", "second", "tie")   # system-level: first/second of the sorted pair
+CI_PERCENTILES = (2.5, 97.5)
+
+
+class PreferenceError(ValueError):
+    """Bad ratings input; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- input
+
+def read_ratings_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads a CSV written by RatingStore.export_csv."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # export_csv prefixes cells a spreadsheet would run as formulas with "'"; undo it.
+    return [{key: _undefuse(value) for key, value in row.items()} for row in rows]
+
+
+def _undefuse(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] in ("=", "+", "-", "@", "\t", "\r"):
+        return value[1:]
+    return value
+
+
+def load_ratings_db(url_or_path: str, admin_password: str | None = None) -> list[dict[str, Any]]:
+    """Every rating in a ratings database (SQLAlchemy URL, or a SQLite file path)."""
+    if "://" not in url_or_path:
+        path = Path(url_or_path).expanduser()
+        if not path.is_file():
+            raise PreferenceError(f"no ratings database at {path}")
+        url_or_path = f"sqlite:///{path.resolve()}"
+    elif url_or_path.startswith("sqlite:///") and not Path(url_or_path[len("sqlite:///"):]).is_file():
+        raise PreferenceError(f"no ratings database at {url_or_path[len('sqlite:///'):]}")
+    store = RatingStore(url_or_path)
+    try:
+        return store.export_ratings(admin_password or os.environ.get("SEMOLLAMA_ADMIN_PASSWORD"))
+    finally:
+        store.close()
+
+
+def _normalise(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checks every record and gives each the fields the analysis uses."""
+    rows = []
+    for index, record in enumerate(records):
+        missing = [name for name in REQUIRED_FIELDS if record.get(name) in (None, "")]
+        if missing:
+            raise PreferenceError(f"rating {index} lacks {', '.join(missing)}")
+        if record["choice"] not in CHOICES:
+            raise PreferenceError(f"rating {index} has choice {record['choice']!r}, not one of {CHOICES}")
+        if record["system_a"] == record["system_b"]:
+            raise PreferenceError(f"rating {index} compares {record['system_a']} with itself")
+        try:
+            scores = {name: int(record[name]) for name in ("empathy_a", "empathy_b", "quality_a", "quality_b")}
+        except (TypeError, ValueError):
+            raise PreferenceError(f"rating {index} has a score that is not an integer") from None
+        if not all(1 <= score <= 5 for score in scores.values()):
+            raise PreferenceError(f"rating {index} has a score outside 1..5")
+        pair = tuple(sorted((record["system_a"], record["system_b"])))
+        preferred = {"A": record["system_a"], "B": record["system_b"]}.get(record["choice"])
+        rows.append({
+            **scores, "choice": record["choice"], "pair": pair,
+            "system_a": record["system_a"], "system_b": record["system_b"],
+            "item": (str(record.get("rating_set") or ""), str(record["item_id"])),
+            "annotator": str(record["annotator_id"]),
+            "emotion": str(record.get("emotion") or "unknown"),
+            "label": LABELS.index("tie") if preferred is None else pair.index(preferred),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, n_boot: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile 95% interval of sum(numerators) / sum(denominators) when the rows
+    (items) are resampled with replacement. numerators: (items, k); denominators: (items,).
+    Returns (low, high), each of shape (k,)."""
+    n_items = len(denominators)
+    # A multinomial draw gives how often each item lands in one bootstrap sample.
+    weights = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_boot)
+    ratios = (weights @ numerators) / (weights @ denominators)[:, None]
+    low, high = np.percentile(ratios, CI_PERCENTILES, axis=0)
+    return low, high
+
+
+def cohen_kappa(labels_1: Sequence, labels_2: Sequence) -> float | None:
+    """Cohen's kappa of two annotators' labels on the same units; None if undefined."""
+    if len(labels_1) != len(labels_2) or not labels_1:
+        return None
+    categories = sorted(set(labels_1) | set(labels_2), key=str)
+    first = np.array([categories.index(label) for label in labels_1])
+    second = np.array([categories.index(label) for label in labels_2])
+    observed = float(np.mean(first == second))
+    share_1 = np.bincount(first, minlength=len(categories)) / len(first)
+    share_2 = np.bincount(second, minlength=len(categories)) / len(second)
+    expected = float(share_1 @ share_2)
+    return None if expected >= 1.0 else (observed - expected) / (1.0 - expected)
+
+
+def fleiss_kappa(counts: np.ndarray) -> float | None:
+    """Fleiss' kappa from a (units, categories) table of how many annotators chose each
+    category. Units may have different numbers of annotators (at least 2 each)."""
+    terms = _fleiss_agreements(counts)
+    if terms is None or terms[1] >= 1.0:
+        return None
+    observed, expected = terms
+    return (observed - expected) / (1.0 - expected)
+
+
+def _fleiss_agreements(counts: np.ndarray) -> tuple[float, float] | None:
+    """(observed, chance) agreement: the mean share of agreeing annotator pairs per unit,
+    and the sum of squared category shares."""
+    counts = np.asarray(counts, dtype=float)
+    if counts.ndim != 2 or len(counts) == 0 or np.any(counts.sum(axis=1) < 2):
+        return None
+    raters = counts.sum(axis=1)
+    observed = float(((counts * (counts - 1)).sum(axis=1) / (raters * (raters - 1))).mean())
+    shares = counts.sum(axis=0) / raters.sum()
+    return observed, float(shares @ shares)
+
+
+def _agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by_unit: dict[tuple, dict[str, int]] = defaultdict(dict)
+    for row in rows:
+        by_unit[(row["item"], row["pair"])][row["annotator"]] = row["label"]
+    shared = {unit: labels for unit, labels in by_unit.items() if len(labels) >= 2}
+    annotators = sorted({name for labels in shared.values() for name in labels})
+    result: dict[str, Any] = {"n_units": len(shared), "n_annotators": len(annotators),
+                              "method": None, "kappa": None, "observed_agreement": None}
+    if not shared:
+        return result
+    if len(annotators) == 2:
+        pairs = [(labels[annotators[0]], labels[annotators[1]]) for labels in shared.values()]
+        result.update(method="cohen", kappa=cohen_kappa(*zip(*pairs)),
+                      observed_agreement=float(np.mean([a == b for a, b in pairs])))
+        return result
+    table = np.array([np.bincount(list(labels.values()), minlength=len(LABELS))
+                      for labels in shared.values()])
+    result.update(method="fleiss", kappa=fleiss_kappa(table),
+                  observed_agreement=_fleiss_agreements(table)[0])
+    return result
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    # One stream per quantity, so a result does not change when other data is added.
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _per_item(rows: list[dict[str, Any]], values) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of `values(row)` (a vector) and counts per item, for the item bootstrap."""
+    index: dict[tuple, int] = {}
+    for row in rows:
+        index.setdefault(row["item"], len(index))
+    width = len(values(rows[0]))
+    sums, counts = np.zeros((len(index), width)), np.zeros(len(index))
+    for row in rows:
+        sums[index[row["item"]]] += values(row)
+        counts[index[row["item"]]] += 1
+    return sums, counts
+
+
+def _pair_summary(pair: tuple[str, str], rows: list[dict[str, Any]], n_boot: int,
+                  seed: int) -> dict[str, Any]:
+    sums, counts = _per_item(rows, lambda row: np.eye(len(LABELS))[row["label"]])
+    totals = sums.sum(axis=0)
+    rates = totals / counts.sum()
+    low, high = bootstrap_ratio_ci(sums, counts, n_boot, _rng(seed, " vs ".join(pair)))
+    return {
+        "systems": list(pair), "n": len(rows), "n_items": len(counts),
+        "wins": {pair[0]: int(totals[0]), pair[1]: int(totals[1])}, "ties": int(totals[2]),
+        "win_rate": {pair[0]: float(rates[0]), pair[1]: float(rates[1])},
+        "win_rate_ci95": {pair[0]: [float(low[0]), float(high[0])],
+                          pair[1]: [float(low[1]), float(high[1])]},
+        "tie_rate": float(rates[2]), "tie_rate_ci95": [float(low[2]), float(high[2])],
+    }
+
+
+def _score_summary(system: str, rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean empathy and quality of one system's responses, wherever it was A or B."""
+    scored = [{"item": row["item"], "empathy": row[f"empathy_{side}"], "quality": row[f"quality_{side}"]}
+              for row in rows for side in ("a", "b") if row[f"system_{side}"] == system]
+    sums, counts = _per_item(scored, lambda row: np.array([row["empathy"], row["quality"]], float))
+    low, high = bootstrap_ratio_ci(sums, counts, n_boot, _rng(seed, f"scores {system}"))
+    summary = {"n": len(scored)}
+    for column, name in enumerate(("empathy", "quality")):
+        values = np.array([row[name] for row in scored], dtype=float)
+        summary[name] = {"mean": float(values.mean()),
+                         "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "ci95": [float(low[column]), float(high[column])]}
+    return summary
+
+
+def _summary(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
+    by_pair: dict[tuple[str, str], list] = defaultdict(list)
+    for row in rows:
+        by_pair[row["pair"]].append(row)
+    systems = sorted({system for pair in by_pair for system in pair})
+    choices = [row["choice"] for row in rows]
+    return {
+        "n_ratings": len(rows),
+        "n_items": len({row["item"] for row in rows}),
+        "tie_rate": choices.count("tie") / len(rows),
+        "position": {choice: choices.count(choice) / len(rows) for choice in CHOICES},
+        "pairs": {" vs ".join(pair): _pair_summary(pair, by_pair[pair], n_boot, seed)
+                  for pair in sorted(by_pair)},
+        "scores": {system: _score_summary(system, rows, n_boot, seed) for system in systems},
+    }
+
+
+def preference_report(records: Iterable[dict[str, Any]], n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, Any]:
+    """The whole analysis as a JSON-ready dict (see the module docstring)."""
+    if not isinstance(n_boot, int) or n_boot < 10:
+        raise PreferenceError(f"n_boot must be an integer of at least 10, got {n_boot!r}")
+    rows = _normalise(records)
+    if not rows:
+        raise PreferenceError("no ratings to analyse")
+    by_emotion: dict[str, list] = defaultdict(list)
+    for row in rows:
+        by_emotion[row["emotion"]].append(row)
+    return {
+        **_summary(rows, n_boot, seed),
+        "n_annotators": len({row["annotator"] for row in rows}),
+        "agreement": _agreement(rows),
+        "per_emotion": {emotion: _summary(group, n_boot, seed)
+                        for emotion, group in sorted(by_emotion.items())},
+        "options": {"n_boot": n_boot, "seed": seed, "ci": 0.95, "resampled": "items"},
+    }
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False, encoding="utf-8")
+    try:
+        with handle:
+            json.dump(payload, handle, indent=2, allow_nan=False)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.preference",
+        description="Win rates, scores and annotator agreement from blind A/B ratings.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="ratings database: SQLAlchemy URL or SQLite file path "
+                        "(the admin password is read from SEMOLLAMA_ADMIN_PASSWORD)")
+    source.add_argument("--csv", help="CSV written by RatingStore.export_csv")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap samples (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        records = read_ratings_csv(args.csv) if args.csv else load_ratings_db(args.db)
+        report = preference_report(records, n_boot=args.n_boot, seed=args.seed)
+        _write_json_atomic(Path(args.out), report)
+    except (ValueError, OSError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {report['n_ratings']} ratings, {len(report['pairs'])} pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

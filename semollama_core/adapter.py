@@ -1,0 +1,169 @@
+"""The trainable speech adapter: stack frames, Conformer blocks, project to the LLM width.
+
+Checkpoints are a folder with `adapter.safetensors` and `adapter_config.json`; the config
+names the LLM, backbone and labels it was trained against, so a mismatch is caught at load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .prosody import PROSODY_DIM
+
+WEIGHTS_FILE, CONFIG_FILE = "adapter.safetensors", "adapter_config.json"
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt or mismatched adapter checkpoint, with the file and the fix."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    backbone_dim: int = 384          # Whisper tiny encoder width
+    prosody_dim: int = PROSODY_DIM   # F0, voicing, energy, brightness per frame
+    prosody_embed_dim: int = 32      # prosody is projected before joining the backbone states
+    stack: int = 4                   # 50 Hz frames stacked by 4: one speech token per 80 ms
+    d_model: int = 256
+    num_blocks: int = 2              # Conformer blocks
+    num_heads: int = 4
+    ffn_dim: int = 512
+    conv_kernel: int = 15
+    dropout: float = 0.1
+    llm_dim: int = 576               # SmolLM2-135M hidden size
+    embed_rms: float = 0.1356        # per-dimension RMS of the LLM's token embeddings
+    llm: str = ""                    # which LLM the adapter was trained against
+    backbone: str = ""
+    labels: tuple[str, ...] = ()
+    task_mix: str = ""               # what it was aligned on, for the model card
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdapterConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["labels"] = tuple(data.get("labels", ()))
+        return cls(**data)
+
+
+class SpeechAdapter(nn.Module):
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        from torchaudio.models import Conformer
+
+        self.config = config
+        self.backbone_norm = nn.LayerNorm(config.backbone_dim)
+        self.prosody_proj = nn.Linear(config.prosody_dim, config.prosody_embed_dim)
+        joined = config.backbone_dim + config.prosody_embed_dim
+        self.downsample = nn.Linear(joined * config.stack, config.d_model)
+        self.conformer = Conformer(input_dim=config.d_model, num_heads=config.num_heads,
+                                   ffn_dim=config.ffn_dim, num_layers=config.num_blocks,
+                                   depthwise_conv_kernel_size=config.conv_kernel, dropout=config.dropout)
+        self.project = nn.Linear(config.d_model, config.llm_dim)
+        # Unit-RMS outputs times a learnt gain that starts at the token-embedding RMS.
+        self.out_norm = nn.LayerNorm(config.llm_dim, elementwise_affine=False)
+        self.gain = nn.Parameter(torch.tensor(float(config.embed_rms)))
+
+    def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(frame_lengths + self.config.stack - 1, self.config.stack, rounding_mode="floor")
+
+    def forward(self, backbone_states: torch.Tensor, prosody: torch.Tensor,
+                frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch, frames, dims] -> speech embeddings [batch, tokens, llm_dim] and their lengths."""
+        x = torch.cat([self.backbone_norm(backbone_states), self.prosody_proj(prosody)], dim=-1)
+        batch, frames, width = x.shape
+        pad = (-frames) % self.config.stack
+        if pad:
+            x = nn.functional.pad(x, (0, 0, 0, pad))
+        x = x.reshape(batch, (frames + pad) // self.config.stack, width * self.config.stack)
+        lengths = self.output_lengths(frame_lengths).clamp(min=1, max=x.shape[1])
+        x, lengths = self.conformer(self.downsample(x), lengths)
+        return self.out_norm(self.project(x)) * self.gain, lengths
+
+
+def save_adapter(adapter: SpeechAdapter, folder: str | os.PathLike, dtype=torch.float16,
+                 extra: dict | None = None) -> Path:
+    """Write weights and config atomically into `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in adapter.state_dict().items()}
+    for name, payload in ((WEIGHTS_FILE, None), (CONFIG_FILE, adapter.config.to_json())):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        os.close(fd)
+        if payload is None:
+            save_file(tensors, tmp, metadata={"format": "pt", **(extra or {})})
+        else:
+            Path(tmp).write_text(payload)
+        os.replace(tmp, folder / name)
+    return folder
+
+
+def resolve_checkpoint(location: str) -> Path:
+    """A local folder, or a Hub repo id downloaded into the local cache."""
+    path = Path(location).expanduser()
+    if path.exists():
+        return path
+    if "/" in location and not location.startswith((".", "/", "~")) and location.count("/") == 1:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(location, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, "*.md"]))
+        except Exception as e:
+            raise CheckpointError(f"Cannot fetch the adapter {location!r} from the Hub "
+                                  f"({type(e).__name__}); use a local folder.") from None
+    raise CheckpointError(f"No adapter checkpoint at {path}; train one with `python -m semollama_core "
+                          "train` or set adapter to None for a fresh one.")
+
+
+def load_adapter(location: str, *, llm: str | None = None, llm_dim: int | None = None,
+                 device: str = "cpu") -> SpeechAdapter:
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint(location)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; the adapter checkpoint is incomplete. "
+                                  "Retrain it or restore the file.")
+    try:
+        config = AdapterConfig.from_json(config_path.read_text())
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path} is not a valid adapter config ({e}); restore or retrain it.") from None
+    if llm is not None and config.llm and config.llm != llm:
+        raise CheckpointError(f"The adapter in {folder} was trained against the LLM {config.llm!r}, "
+                              f"not {llm!r}; train one for this LLM.")
+    if llm_dim is not None and config.llm_dim != llm_dim:
+        raise CheckpointError(f"The adapter in {folder} outputs width {config.llm_dim} but the LLM needs "
+                              f"{llm_dim}; train one for this LLM.")
+    adapter = SpeechAdapter(config)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:
+        raise CheckpointError(f"{weights_path} is corrupt ({type(e).__name__}); restore or retrain it.") from None
+    _check_state(adapter, state, weights_path)
+    adapter.load_state_dict({k: v.float() for k, v in state.items()})
+    return adapter.to(device).eval()
+
+
+def _check_state(adapter: nn.Module, state: dict, path: Path) -> None:
+    """Every imported weight checked by name and shape (nanoGPT's from_pretrained rule)."""
+    expected = adapter.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the adapter: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}. Retrain or restore it.")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, expected "
+                                  f"{tuple(expected[name].shape)}.")

@@ -1,0 +1,860 @@
+"""Manifests: one utterance a line, JSONL or CSV, audio paths relative to the manifest.
+
+    {"audio": "clips/a.wav", "emotion": "sad", "transcript": "...", "speaker": "s1", "split": "test"}
+
+`iter_manifest` streams a manifest row by row (a million-row file is never held in
+memory), checks every row and names the file and line of anything wrong.
+`write_manifest` writes one atomically. The corpus adapters (RAVDESS, CREMA-D, IEMOCAP,
+Hugging Face `datasets`) turn public corpora into manifests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+import re
+import tempfile
+import warnings
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+__all__ = [
+    "Utterance",
+    "ManifestError",
+    "ManifestWarning",
+    "iter_manifest",
+    "read_manifest",
+    "write_manifest",
+    "manifest_labels",
+    "ravdess_manifest",
+    "cremad_manifest",
+    "iemocap_manifest",
+    "hf_dataset_manifest",
+]
+
+STANDARD_FIELDS = ("audio", "emotion", "transcript", "speaker", "split")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+CSV_SUFFIXES = (".csv", ".tsv")
+MAX_WARNINGS = 10  # per-row warnings shown in skip mode before only a summary is given
+
+
+class ManifestError(ValueError):
+    """A manifest (or corpus) that cannot be read; the message names file and line."""
+
+
+class ManifestWarning(UserWarning):
+    """A manifest row skipped (on_error="skip") or a corpus file that was not understood."""
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    audio_path: Path  # absolute path of the audio file
+    emotion: str | None = None  # label; required for evaluation
+    transcript: str | None = None  # what was said, if known
+    speaker: str | None = None  # speaker id, for speaker-disjoint splits
+    split: str | None = None  # e.g. "train" / "test"
+    extra: dict = field(default_factory=dict, hash=False)  # every other field of the row
+
+
+class _RowError(Exception):
+    """A problem with one row; turned into ManifestError (or a warning) with file:line."""
+
+
+# ---------------------------------------------------------------- reading
+
+
+def iter_manifest(
+    path: str | os.PathLike,
+    *,
+    require_emotion: bool = False,
+    labels: Iterable[str] | None = None,
+    split: str | None = None,
+    check_files: bool = True,
+    on_error: str = "raise",
+) -> Iterator[Utterance]:
+    """Yield the manifest's utterances one at a time, reading the file line by line.
+
+    require_emotion: a row without `emotion` is an error.
+    labels: a row whose emotion is not one of these is an error.
+    split: yield only rows with this `split`.
+    check_files: check that every audio file exists and that no symlink leads outside
+        the manifest's folder (one stat per row); paths are always checked lexically.
+    on_error: "raise" stops at the first bad row; "skip" warns (ManifestWarning) and
+        goes on. Duplicate audio paths are bad rows. Problems with the file itself
+        (missing, empty, no `audio` column) always raise.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    manifest = _existing_file(path)
+    checker = _RowChecker(
+        manifest,
+        require_emotion=require_emotion,
+        labels=None if labels is None else frozenset(labels),
+        check_files=check_files,
+    )
+    counts = {"rows": 0, "yielded": 0, "skipped": 0}
+    splits_seen: set[str] = set()
+    for lineno, row in _iter_rows(manifest):
+        counts["rows"] += 1
+        try:
+            if split is not None:
+                row_split = _optional_text(row, "split")
+                if row_split != split:
+                    if row_split is not None and len(splits_seen) < 20:
+                        splits_seen.add(row_split)
+                    continue
+            utterance = checker.utterance(row)
+        except _RowError as error:
+            message = f"{manifest}:{lineno}: {error}"
+            if on_error == "raise":
+                raise ManifestError(message) from None
+            counts["skipped"] += 1
+            if counts["skipped"] <= MAX_WARNINGS:
+                warnings.warn(f"{message}; row skipped", ManifestWarning, stacklevel=2)
+            continue
+        counts["yielded"] += 1
+        yield utterance
+    _check_something_yielded(manifest, counts, split, splits_seen)
+
+
+def read_manifest(path: str | os.PathLike, *, limit: int | None = None, **options) -> list[Utterance]:
+    """The first `limit` utterances (all if None) as a list; options as for iter_manifest."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of rows, not {limit}")
+    utterances = []
+    for utterance in iter_manifest(path, **options):
+        utterances.append(utterance)
+        if limit is not None and len(utterances) >= limit:
+            break
+    return utterances
+
+
+def manifest_labels(path: str | os.PathLike) -> list[str]:
+    """The sorted set of emotion labels the manifest's rows declare."""
+    labels = {u.emotion for u in iter_manifest(path, check_files=False) if u.emotion is not None}
+    if not labels:
+        raise ManifestError(f"{path}: no row has an 'emotion' label")
+    return sorted(labels)
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    manifest = Path(os.path.abspath(os.fspath(path)))
+    if not manifest.exists():
+        raise ManifestError(f"{manifest}: manifest not found")
+    if not manifest.is_file():
+        raise ManifestError(f"{manifest}: manifest is not a file")
+    return manifest
+
+
+def _check_something_yielded(manifest: Path, counts: dict, split: str | None, splits_seen: set) -> None:
+    if counts["skipped"] > MAX_WARNINGS:
+        warnings.warn(f"{manifest}: {counts['skipped']} rows skipped in all", ManifestWarning, stacklevel=3)
+    if counts["yielded"]:
+        return
+    if counts["rows"] == 0:
+        raise ManifestError(f"{manifest}: manifest is empty (no rows)")
+    if counts["skipped"]:
+        raise ManifestError(f"{manifest}: all {counts['skipped']} rows were invalid and skipped")
+    if split is not None:
+        seen = ", ".join(sorted(splits_seen)) or "none"
+        raise ManifestError(f"{manifest}: no rows with split {split!r} (splits present: {seen})")
+
+
+def _iter_rows(manifest: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row dict) for every non-blank row, JSONL or CSV."""
+    kind = _manifest_kind(manifest)
+    if kind == "jsonl":
+        return _iter_jsonl_rows(manifest)
+    return _iter_csv_rows(manifest, delimiter="\t" if kind == "tsv" else ",")
+
+
+def _manifest_kind(manifest: Path) -> str:
+    suffix = manifest.suffix.lower()
+    first = _first_text(manifest)
+    if first.startswith("["):
+        raise ManifestError(f"{manifest}:1: a JSON array; write one JSON object a line (JSONL)")
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    # Unknown extension: sniff. JSONL rows start with "{", anything else is read as CSV.
+    return "jsonl" if first.startswith("{") else "csv"
+
+
+def _first_text(manifest: Path) -> str:
+    """The first non-blank characters of the file (for sniffing), BOM removed."""
+    with open(manifest, "rb") as f:
+        head = f.read(4096)
+    return head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+
+
+def _decoded_lines(manifest: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line; non-UTF-8 bytes name their line."""
+    with open(manifest, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ManifestError(
+                    f"{manifest}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                    f"{error.start + 1}); save the manifest as UTF-8"
+                ) from None
+
+
+_decode_json = json.JSONDecoder().decode
+
+
+def _iter_jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict]]:
+    for lineno, text in _decoded_lines(manifest):
+        if not text.strip():
+            continue
+        try:
+            row = _decode_json(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{manifest}:{lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{manifest}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
+def _iter_csv_rows(manifest: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
+    lines = _decoded_lines(manifest)
+    line_numbers = []  # the physical line each text line came from (blank lines are skipped)
+
+    def texts() -> Iterator[str]:
+        for lineno, text in lines:
+            line_numbers.append(lineno)
+            yield text
+
+    reader = csv.reader(texts(), delimiter=delimiter)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as error:
+        raise ManifestError(f"{manifest}:1: unreadable CSV header ({error})") from None
+    if "audio" not in header:
+        raise ManifestError(f"{manifest}:{line_numbers[0]}: no 'audio' column (columns: {', '.join(header)})")
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ManifestError(f"{manifest}:{line_numbers[-1]}: unreadable CSV ({error})") from None
+        lineno = line_numbers[-1]
+        line_numbers.clear()  # keep memory flat: only the current record's lines matter
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise ManifestError(f"{manifest}:{lineno}: {len(values)} fields, but the header has {len(header)}")
+        yield lineno, {name: value for name, value in zip(header, values) if value != ""}
+
+
+class _RowChecker:
+    """Turns row dicts into Utterances, checking paths, labels and duplicates."""
+
+    def __init__(self, manifest: Path, *, require_emotion: bool, labels: frozenset | None, check_files: bool):
+        self.root = os.path.realpath(manifest.parent)
+        self.require_emotion = require_emotion
+        self.labels = labels
+        self.check_files = check_files
+        self.seen_paths = _HashSet()
+
+    def utterance(self, row: dict) -> Utterance:
+        if "audio" not in row:
+            raise _RowError("missing 'audio'")
+        relative = _relative_audio_path(row["audio"])
+        emotion = _optional_text(row, "emotion")
+        if emotion is None and self.require_emotion:
+            raise _RowError(f"missing 'emotion' for {relative}")
+        if emotion is not None and self.labels is not None and emotion not in self.labels:
+            raise _RowError(f"label {emotion!r} is not one of {sorted(self.labels)}")
+        audio_path = self.root + "/" + relative
+        if self.check_files:
+            self._check_file(relative, audio_path)
+        if not self.seen_paths.add(relative):
+            raise _RowError(f"duplicate audio path {relative}")
+        return Utterance(
+            audio_path=Path(audio_path),
+            emotion=emotion,
+            transcript=_optional_text(row, "transcript"),
+            speaker=_optional_text(row, "speaker", allow_number=True),
+            split=_optional_text(row, "split"),
+            extra={k: v for k, v in row.items() if k not in STANDARD_FIELDS},
+        )
+
+    def _check_file(self, relative: str, audio_path: str) -> None:
+        real = os.path.realpath(audio_path)
+        if not real.startswith(self.root + os.sep):
+            raise _RowError(f"audio {relative} is a link that leads outside the manifest's folder; refused")
+        if not os.path.isfile(real):
+            raise _RowError(f"audio file not found: {relative}")
+
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _relative_audio_path(value: Any) -> str:
+    """The normalised relative path, or _RowError if it is absolute or leaves the folder."""
+    if not isinstance(value, str) or not value.strip():
+        raise _RowError(f"'audio' must be a non-empty relative path, not {value!r}")
+    # Manifests written on Windows use backslashes.
+    path = value.strip().replace("\\", "/")
+    if path.startswith("/") or (path[1:2] == ":" and _WINDOWS_DRIVE.match(path)):
+        raise _RowError(f"absolute audio path {value!r} refused; paths are relative to the manifest's folder")
+    # normpath only when needed: this runs once a row, and most paths are already plain.
+    needs_normalising = path.startswith(".") or "/." in path or "//" in path or path.endswith("/")
+    normal = posixpath.normpath(path) if needs_normalising else path
+    if normal == ".." or normal.startswith("../"):
+        raise _RowError(f"audio path {value!r} leaves the manifest's folder; refused")
+    if normal == ".":
+        raise _RowError(f"audio path {value!r} names the manifest's folder, not a file")
+    return normal
+
+
+def _optional_text(row: dict, key: str, allow_number: bool = False) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if value.__class__ is str:  # the common case first: this runs for every field of every row
+        value = value.strip()
+        return value or None
+    if allow_number and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise _RowError(f"'{key}' must be a string, not {value!r}")
+    value = value.strip()
+    return value or None
+
+
+class _HashSet:
+    """A set of 64-bit string hashes in one flat array (open addressing).
+
+    Duplicate detection must remember every path; a Python set of a million paths costs
+    ~100 MB, this costs 16 bytes a row. Two different paths share a 64-bit hash with
+    odds of about n^2 / 2^65 (3e-8 for a million rows).
+    """
+
+    def __init__(self) -> None:
+        self.slots = array("q", [0]) * 4096
+        self.count = 0
+
+    def add(self, key: str) -> bool:
+        """Add key; False if it was already there."""
+        h = hash(key) or 1  # 0 marks an empty slot
+        if not self._insert(self.slots, h):
+            return False
+        self.count += 1
+        if 2 * self.count > len(self.slots):
+            self._grow()
+        return True
+
+    @staticmethod
+    def _insert(slots: array, h: int) -> bool:
+        mask = len(slots) - 1
+        i = h & mask
+        while slots[i]:
+            if slots[i] == h:
+                return False
+            i = (i + 1) & mask
+        slots[i] = h
+        return True
+
+    def _grow(self) -> None:
+        bigger = array("q", [0]) * (2 * len(self.slots))  # no temporary bytes object
+        for h in self.slots:
+            if h:
+                self._insert(bigger, h)
+        self.slots = bigger
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance | dict]) -> Path:
+    """Write Utterances or row dicts as JSONL, or CSV for a .csv/.tsv path, atomically.
+
+    Audio paths are written relative to the manifest's folder; every audio file must
+    lie inside that folder. Dicts name the file under `audio` (absolute, or already
+    relative to the manifest's folder) or `audio_path`.
+    """
+    manifest = Path(os.path.abspath(os.fspath(path)))
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    root = str(manifest.parent)
+    row_dicts = (_row_dict(item, root, manifest) for item in rows)
+    suffix = manifest.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        row_list = list(row_dicts)  # the header needs every row's columns
+        _require_rows(manifest, len(row_list))
+        _atomic_write(manifest, lambda f: _write_csv(f, row_list, delimiter))
+    else:
+        _atomic_write(manifest, lambda f: _require_rows(manifest, _write_jsonl(f, row_dicts)))
+    return manifest
+
+
+def _require_rows(manifest: Path, count: int) -> None:
+    if count == 0:
+        raise ManifestError(f"{manifest}: no rows to write")
+
+
+def _row_dict(item: Utterance | dict, root: str, manifest: Path) -> dict:
+    if isinstance(item, Utterance):
+        row = {
+            "audio": item.audio_path,
+            "emotion": item.emotion,
+            "transcript": item.transcript,
+            "speaker": item.speaker,
+            "split": item.split,
+            **item.extra,
+        }
+    elif isinstance(item, dict):
+        row = dict(item)
+        if "audio" not in row and "audio_path" in row:
+            row["audio"] = row.pop("audio_path")
+        if "audio" not in row:
+            raise ManifestError(f"{manifest}: a row to write has no 'audio': {_short(item)}")
+    else:
+        raise ManifestError(f"{manifest}: rows must be Utterances or dicts, not {type(item).__name__}")
+    row["audio"] = _audio_relative_to(row["audio"], root, manifest)
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _audio_relative_to(audio: str | os.PathLike, root: str, manifest: Path) -> str:
+    audio = os.fspath(audio)
+    if os.path.isabs(audio):
+        relative = os.path.relpath(audio, root)
+        if relative.startswith(".."):  # perhaps only through a symlinked folder
+            relative = os.path.relpath(os.path.realpath(audio), os.path.realpath(root))
+    else:
+        relative = audio
+    try:
+        return _relative_audio_path(relative.replace(os.sep, "/"))
+    except _RowError:
+        raise ManifestError(
+            f"{manifest}: audio {audio} is outside the manifest's folder {root}; "
+            "write the manifest in a folder that contains the audio"
+        ) from None
+
+
+def _write_jsonl(f: io.TextIOBase, rows: Iterable[dict]) -> int:
+    count = 0
+    for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def _write_csv(f: io.TextIOBase, rows: list[dict], delimiter: str) -> None:
+    columns = list(STANDARD_FIELDS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    writer = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _atomic_write(path: Path, write: Callable[[io.TextIOBase], Any]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- corpus adapters
+
+
+def _corpus_root(root: str | os.PathLike, corpus: str) -> Path:
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise ManifestError(f"{path}: {corpus} folder not found")
+    return path
+
+
+def _write_corpus_manifest(out: str | os.PathLike, rows: list[dict], corpus: str, root: Path, unknown: list[str]) -> Path:
+    if unknown:
+        warnings.warn(
+            f"{root}: {len(unknown)} files do not follow {corpus} naming and were left out (e.g. {unknown[0]})",
+            ManifestWarning,
+            stacklevel=3,
+        )
+    if not rows:
+        raise ManifestError(f"{root}: no {corpus} audio files found")
+    return write_manifest(out, rows)
+
+
+RAVDESS_EMOTIONS = {
+    "01": "neutral", "02": "calm", "03": "happy", "04": "sad",
+    "05": "angry", "06": "fearful", "07": "disgust", "08": "surprised",
+}  # fmt: skip
+RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+
+
+def ravdess_manifest(root: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Manifest of the RAVDESS wavs under root (names like 03-01-05-01-02-01-12.wav).
+
+    Fields: modality-vocal channel-emotion-intensity-statement-repetition-actor.
+    speaker is the actor (odd male, even female); intensity, vocal channel, gender and
+    repetition go to extra. `out` must lie in a folder that contains root.
+    """
+    root = _corpus_root(root, "RAVDESS")
+    rows, unknown = [], []
+    for wav in sorted(root.rglob("*.wav")):
+        row = _ravdess_row(wav)
+        if row is None:
+            unknown.append(wav.name)
+        else:
+            rows.append(row)
+    return _write_corpus_manifest(out, rows, "RAVDESS", root, unknown)
+
+
+def _ravdess_row(wav: Path) -> dict | None:
+    match = RAVDESS_NAME.match(wav.stem)
+    if match is None:
+        return None
+    _modality, channel, emotion, intensity, statement, repetition, actor = match.groups()
+    if emotion not in RAVDESS_EMOTIONS or statement not in RAVDESS_STATEMENTS or channel not in ("01", "02"):
+        return None
+    return {
+        "audio": wav,
+        "emotion": RAVDESS_EMOTIONS[emotion],
+        "transcript": RAVDESS_STATEMENTS[statement],
+        "speaker": f"ravdess_{actor}",
+        "corpus": "ravdess",
+        "gender": "male" if int(actor) % 2 else "female",
+        "intensity": "strong" if intensity == "02" else "normal",
+        "vocal_channel": "song" if channel == "02" else "speech",
+        "repetition": int(repetition),
+    }
+
+
+CREMAD_EMOTIONS = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+CREMAD_SENTENCES = {
+    "IEO": "It's eleven o'clock",
+    "TIE": "That is exactly what happened",
+    "IOM": "I'm on my way to the meeting",
+    "IWW": "I wonder what this is about",
+    "TAI": "The airplane is almost full",
+    "MTI": "Maybe tomorrow it will be cold",
+    "IWL": "I would like a new alarm clock",
+    "ITH": "I think I have a doctor's appointment",
+    "DFA": "Don't forget a jacket",
+    "ITS": "I think I've seen this before",
+    "TSI": "The surface is slick",
+    "WSI": "We'll stop in a couple of minutes",
+}
+CREMAD_LEVELS = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified", "X": "unspecified"}
+CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})$")
+
+
+def cremad_manifest(root: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Manifest of the CREMA-D wavs under root (names like 1001_DFA_ANG_XX.wav).
+
+    Fields: actor_sentence_emotion_level. A VideoDemographics.csv anywhere under root
+    adds each actor's sex as `gender`. `out` must lie in a folder that contains root.
+    """
+    root = _corpus_root(root, "CREMA-D")
+    genders = _cremad_genders(root)
+    rows, unknown = [], []
+    for wav in sorted(root.rglob("*.wav")):
+        match = CREMAD_NAME.match(wav.stem)
+        if match is None or match[2] not in CREMAD_SENTENCES or match[3] not in CREMAD_EMOTIONS:
+            unknown.append(wav.name)
+            continue
+        actor, sentence, emotion, level = match.groups()
+        rows.append({
+            "audio": wav,
+            "emotion": CREMAD_EMOTIONS[emotion],
+            "transcript": CREMAD_SENTENCES[sentence],
+            "speaker": f"cremad_{actor}",
+            "corpus": "cremad",
+            "gender": genders.get(actor),
+            "intensity": CREMAD_LEVELS.get(level, "unspecified"),
+        })  # fmt: skip
+    return _write_corpus_manifest(out, rows, "CREMA-D", root, unknown)
+
+
+def _cremad_genders(root: Path) -> dict[str, str]:
+    """ActorID -> 'male'/'female' from VideoDemographics.csv, if the corpus has it."""
+    for table in root.rglob("VideoDemographics.csv"):
+        with open(table, encoding="utf-8", errors="replace", newline="") as f:
+            return {
+                row["ActorID"].strip(): row["Sex"].strip().lower()
+                for row in csv.DictReader(f)
+                if row.get("ActorID") and row.get("Sex")
+            }
+    return {}
+
+
+IEMOCAP_LABELS = {
+    "neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
+    "fru": "frustrated", "fea": "fearful", "sur": "surprised", "dis": "disgust", "oth": "other",
+}  # fmt: skip
+# The usual four-class setup: excited merged into happy, every other class dropped.
+IEMOCAP_FOUR_CLASS = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
+IEMOCAP_EVALUATION = re.compile(
+    r"^\[(\d+(?:\.\d*)?) - (\d+(?:\.\d*)?)\]\t(Ses\S+)\t(\w+)\t\[([^\]]*)\]"
+)  # fmt: skip
+IEMOCAP_TRANSCRIPT = re.compile(r"^(Ses\S+) \[[\d.]+-[\d.]+\]:\s?(.*)$")
+IEMOCAP_TEST_SESSION = 5
+
+
+def iemocap_manifest(root: str | os.PathLike, out: str | os.PathLike, four_class: bool = True) -> Path:
+    """Manifest of IEMOCAP from Session*/dialog/EmoEvaluation/*.txt label files.
+
+    Audio: Session*/sentences/wav/<dialog>/<utterance>.wav; transcripts from
+    Session*/dialog/transcriptions/<dialog>.txt. four_class keeps neutral, happy (with
+    excited), sad, angry; otherwise every class but "xxx" (no agreement) is kept.
+    speaker is session + gender (Ses01F); Session5 is the test split, the rest train.
+    """
+    root = _corpus_root(root, "IEMOCAP")
+    label_names = IEMOCAP_FOUR_CLASS if four_class else IEMOCAP_LABELS
+    sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
+    if not sessions:
+        raise ManifestError(f"{root}: no Session* folders (is this the IEMOCAP release folder?)")
+    rows, missing = [], []
+    for session in sessions:
+        transcripts = _iemocap_transcripts(session / "dialog" / "transcriptions")
+        for label_file in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
+            if label_file.name.startswith("._"):  # macOS resource forks in some copies
+                continue
+            for evaluation in _iemocap_evaluations(label_file):
+                row = _iemocap_row(session, evaluation, label_names, transcripts)
+                if row is None:
+                    continue
+                if row["audio"].is_file():
+                    rows.append(row)
+                else:
+                    missing.append(row["audio"].name)
+    return _write_corpus_manifest(out, rows, "IEMOCAP", root, missing)
+
+
+def _iemocap_evaluations(label_file: Path) -> Iterator[tuple[float, float, str, str, list[float]]]:
+    with open(label_file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            match = IEMOCAP_EVALUATION.match(line)
+            if match:
+                start, end, utterance, label, vad = match.groups()
+                try:
+                    scores = [float(v) for v in vad.split(",")]
+                except ValueError:
+                    scores = []
+                yield float(start), float(end), utterance, label, scores
+
+
+def _iemocap_transcripts(folder: Path) -> dict[str, str]:
+    transcripts = {}
+    for path in sorted(folder.glob("*.txt")):
+        if path.name.startswith("._"):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                match = IEMOCAP_TRANSCRIPT.match(line.strip())
+                if match:
+                    transcripts[match[1]] = match[2].strip()
+    return transcripts
+
+
+def _iemocap_row(session: Path, evaluation: tuple, label_names: dict, transcripts: dict) -> dict | None:
+    start, end, utterance, label, vad = evaluation
+    if label not in label_names:
+        return None
+    dialog, turn = utterance.rsplit("_", 1)
+    session_number = int(utterance[3:5])
+    gender = turn[0]
+    return {
+        "audio": session / "sentences" / "wav" / dialog / f"{utterance}.wav",
+        "emotion": label_names[label],
+        "transcript": transcripts.get(utterance),
+        "speaker": f"Ses{session_number:02d}{gender}",
+        "split": "test" if session_number == IEMOCAP_TEST_SESSION else "train",
+        "corpus": "iemocap",
+        "gender": {"F": "female", "M": "male"}.get(gender),
+        "iemocap_label": label,
+        "start_s": start,
+        "end_s": end,
+        "valence_activation_dominance": vad or None,
+    }
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+
+def hf_dataset_manifest(
+    dataset_or_name: Any,
+    out: str | os.PathLike,
+    audio_column: str = "audio",
+    label_column: str | None = "emotion",
+    text_column: str | None = None,
+    speaker_column: str | None = None,
+    split_column: str | None = None,
+    label_map: dict | None = None,
+    allow_hub: bool = False,
+) -> Path:
+    """Write a `datasets` audio dataset as DIR/clips/*.wav plus the manifest `out` (in DIR).
+
+    dataset_or_name: a Dataset or DatasetDict, a folder saved with save_to_disk, or (with
+    allow_hub=True) a Hub name. Integer labels of a ClassLabel column become its names;
+    label_map then renames labels (a label mapped to None drops the row; labels not in
+    the map are kept). Rows of a DatasetDict get their split name unless split_column.
+    """
+    import datasets
+
+    out = Path(os.path.abspath(os.fspath(out)))
+    parts = _dataset_splits(_load_dataset(dataset_or_name, allow_hub))
+    clips = out.parent / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split_name, dataset in parts:
+        columns = _HFColumns(dataset, audio_column, label_column, text_column, speaker_column, split_column)
+        if isinstance(dataset.features[audio_column], datasets.Audio):
+            # Decode ourselves with soundfile: datasets' own decoding needs torchcodec.
+            dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+        for index, example in enumerate(dataset):
+            row = columns.row(example, label_map, default_split=split_name)
+            if row is None:
+                continue
+            name = f"{split_name}_{index:06d}.wav" if split_name else f"{index:06d}.wav"
+            row["audio"] = _write_clip(clips / name, example[audio_column], index)
+            rows.append(row)
+    if not rows:
+        raise ManifestError(f"{_dataset_name(dataset_or_name)}: the dataset has no rows to write")
+    return write_manifest(out, rows)
+
+
+def _load_dataset(dataset_or_name: Any, allow_hub: bool) -> Any:
+    import datasets
+
+    if isinstance(dataset_or_name, (datasets.Dataset, datasets.DatasetDict)):
+        return dataset_or_name
+    if not isinstance(dataset_or_name, (str, os.PathLike)):
+        raise ManifestError(f"expected a datasets.Dataset, a saved dataset folder or a Hub name, not {type(dataset_or_name).__name__}")
+    name = os.fspath(dataset_or_name)
+    if os.path.isdir(name):
+        try:
+            return datasets.load_from_disk(name)
+        except Exception as error:  # datasets raises several kinds for a bad folder
+            raise ManifestError(f"{name}: not a dataset saved with save_to_disk ({_first_line(error)})") from None
+    if not allow_hub:
+        raise ManifestError(f"{name}: no such dataset folder (pass allow_hub=True to load it from the Hugging Face Hub)")
+    try:
+        return datasets.load_dataset(name)
+    except Exception as error:  # offline, unknown name, gated: all end here
+        raise ManifestError(f"{name}: could not load from the Hugging Face Hub ({_first_line(error)})") from None
+
+
+def _dataset_splits(dataset: Any) -> list[tuple[str | None, Any]]:
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return list(dataset.items())
+    if isinstance(dataset, datasets.Dataset):
+        return [(None, dataset)]
+    raise ManifestError(f"expected a Dataset or DatasetDict, got {type(dataset).__name__} (streaming datasets are not supported)")
+
+
+class _HFColumns:
+    """Maps one dataset's columns onto manifest fields."""
+
+    def __init__(self, dataset: Any, audio: str, label: str | None, text: str | None, speaker: str | None, split: str | None):
+        missing = [c for c in (audio, label, text, speaker, split) if c is not None and c not in dataset.column_names]
+        if missing:
+            raise ManifestError(
+                f"dataset has no column {', '.join(map(repr, missing))} (columns: {', '.join(dataset.column_names)})"
+            )
+        self.label, self.text, self.speaker, self.split = label, text, speaker, split
+        feature = dataset.features[label] if label else None
+        self.class_names = getattr(feature, "names", None)  # a ClassLabel's names
+
+    def row(self, example: dict, label_map: dict | None, default_split: str | None) -> dict | None:
+        emotion = self._label(example[self.label]) if self.label else None
+        if label_map is not None and emotion in label_map:
+            emotion = label_map[emotion]
+            if emotion is None:
+                return None
+        return {
+            "emotion": emotion,
+            "transcript": _text_or_none(example, self.text),
+            "speaker": _text_or_none(example, self.speaker),
+            "split": _text_or_none(example, self.split) if self.split else default_split,
+        }
+
+    def _label(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if self.class_names is not None and isinstance(value, int):
+            return self.class_names[value] if 0 <= value < len(self.class_names) else None
+        return str(value)
+
+
+def _text_or_none(example: dict, column: str | None) -> str | None:
+    if column is None or example[column] is None:
+        return None
+    return str(example[column])
+
+
+def _write_clip(path: Path, audio: Any, index: int) -> Path:
+    """Write one example's audio (an array dict, encoded bytes or a file path) as a wav."""
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        if isinstance(audio, dict) and audio.get("array") is not None:
+            samples, rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+        elif isinstance(audio, dict) and audio.get("bytes"):
+            samples, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
+        elif isinstance(audio, dict) and audio.get("path"):
+            samples, rate = sf.read(audio["path"], dtype="float32")
+        else:
+            raise ManifestError(f"row {index}: no audio (expected array+sampling_rate, bytes or path)")
+    except (sf.LibsndfileError, RuntimeError, OSError, KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ManifestError):
+            raise
+        raise ManifestError(f"row {index}: unreadable audio ({_first_line(error)})") from None
+    if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
+        samples = samples.T  # datasets stores (channels, samples); soundfile wants (samples, channels)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(tmp, samples, rate, format="WAV", subtype="PCM_16")
+    os.replace(tmp, path)
+    return path
+
+
+def _dataset_name(dataset_or_name: Any) -> str:
+    return os.fspath(dataset_or_name) if isinstance(dataset_or_name, (str, os.PathLike)) else "dataset"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,46 @@
+"""Join modalities the simple way (blsp-emo): [prefix | speech | suffix] embeddings, left-padded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SEGMENT_SYSTEM, SEGMENT_SPEECH, SEGMENT_INSTRUCTION, SEGMENT_GENERATED = "system", "speech", "instruction", "generated"
+
+
+@dataclass
+class SplicedBatch:
+    inputs_embeds: torch.Tensor      # [batch, time, width]
+    attention_mask: torch.Tensor     # [batch, time], 0 on left padding
+    speech_spans: list[tuple[int, int]]  # per row, [start, end) of the speech embeddings
+
+
+def splice_speech(prefix_ids: list[list[int]], speech_embeddings: list[torch.Tensor],
+                  suffix_ids: list[list[int]], embed_tokens: torch.nn.Module) -> SplicedBatch:
+    """Concatenate token embeddings and speech embeddings per row; left-pad to one length."""
+    weight = embed_tokens.weight
+    rows, spans = [], []
+    for prefix, speech, suffix in zip(prefix_ids, speech_embeddings, suffix_ids):
+        ids = torch.tensor(prefix + suffix, dtype=torch.long, device=weight.device)
+        text = embed_tokens(ids)
+        speech = speech.to(device=weight.device, dtype=text.dtype)
+        rows.append(torch.cat([text[: len(prefix)], speech, text[len(prefix):]], dim=0))
+        spans.append((len(prefix), len(prefix) + speech.shape[0]))
+    longest = max(r.shape[0] for r in rows)
+    width = rows[0].shape[1]
+    embeds = rows[0].new_zeros(len(rows), longest, width)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=weight.device)
+    for i, row in enumerate(rows):
+        pad = longest - row.shape[0]
+        embeds[i, pad:] = row
+        mask[i, pad:] = 1
+        spans[i] = (spans[i][0] + pad, spans[i][1] + pad)
+    return SplicedBatch(embeds, mask, spans)
+
+
+def segment_labels(prefix_len: int, speech_len: int, suffix_len: int, generated_len: int,
+                   system_end: int) -> list[str]:
+    """Label each input position; `system_end` is where the system turn ends inside the prefix."""
+    labels = [SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (prefix_len - system_end)
+    labels += [SEGMENT_SPEECH] * speech_len + [SEGMENT_INSTRUCTION] * suffix_len
+    return labels + [SEGMENT_GENERATED] * generated_len

@@ -1,0 +1,60 @@
+"""Speech to LLM embeddings: frozen backbone + prosody features, then the trainable adapter."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .adapter import AdapterConfig, SpeechAdapter, load_adapter
+from .backbone import WhisperBackbone
+from .prosody import prosody_features
+
+
+@dataclass
+class SpeechFeatures:
+    """What the frozen part of the encoder makes of one clip (cacheable for training)."""
+    backbone_states: np.ndarray   # [frames, backbone width]
+    prosody: np.ndarray           # [frames, prosody dims]
+
+    @property
+    def n_frames(self) -> int:
+        return self.backbone_states.shape[0]
+
+
+def extract_features(backbone: WhisperBackbone, audio: np.ndarray) -> SpeechFeatures:
+    states = backbone.encode(audio)
+    return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0]))
+
+
+def collate_features(features: list[SpeechFeatures], device: str = "cpu"):
+    """Pad a list of clips to [batch, frames, dims] tensors plus frame lengths."""
+    lengths = torch.tensor([f.n_frames for f in features], dtype=torch.long)
+    longest = int(lengths.max())
+
+    def pad(arrays):
+        out = np.zeros((len(arrays), longest, arrays[0].shape[1]), dtype=np.float32)
+        for i, a in enumerate(arrays):
+            out[i, : a.shape[0]] = a
+        return torch.from_numpy(out).to(device)
+
+    return pad([f.backbone_states for f in features]), pad([f.prosody for f in features]), lengths.to(device)
+
+
+def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu") -> list[torch.Tensor]:
+    """One [tokens, llm width] tensor per clip; differentiable when the adapter trains."""
+    states, prosody, lengths = collate_features(features, device)
+    embeddings, out_lengths = adapter(states, prosody, lengths)
+    return [embeddings[i, : int(n)] for i, n in enumerate(out_lengths)]
+
+
+def build_adapter(location: str | None, *, llm_name: str, llm_dim: int, embed_rms: float,
+                  backbone_name: str, backbone_dim: int, labels: tuple[str, ...], device: str,
+                  seed: int = 0) -> SpeechAdapter:
+    """Load a trained adapter, or make a fresh one (answers are then noise) when there is none."""
+    if location:
+        return load_adapter(location, llm=llm_name, llm_dim=llm_dim, device=device)
+    torch.manual_seed(seed)
+    config = AdapterConfig(backbone_dim=backbone_dim, llm_dim=llm_dim, embed_rms=embed_rms,
+                           llm=llm_name, backbone=backbone_name, labels=tuple(labels))
+    return SpeechAdapter(config).to(device).eval()

@@ -1,0 +1,126 @@
+"""A lean decoding loop over a KV cache, and label scoring by log-likelihood.
+
+One loop serves streaming and non-streaming, single and batched generation, so greedy
+answers are identical however they are asked for. The LM head runs only on the last
+position of the prompt (logits_to_keep=1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0   # 0 is greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.max_new_tokens <= 1024:
+            raise ValueError("max_new_tokens must be between 1 and 1024.")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError("temperature must be between 0 and 2.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1].")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, stop_ids: list[int],
+           options: DecodingOptions) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, [batch], until all rows stopped."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    stops = torch.tensor(stop_ids, device=inputs_embeds.device)
+    mask = attention_mask
+    out = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions(mask),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    finished = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
+    for _ in range(options.max_new_tokens):
+        token = _pick(out.logits[:, -1].float(), options, generator)
+        token = torch.where(finished, stops[0], token)
+        yield token
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()):
+            return
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
+                    past_key_values=cache, use_cache=True)
+
+
+def _pick(logits: torch.Tensor, options: DecodingOptions, generator: torch.Generator) -> torch.Tensor:
+    if options.temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < options.top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def generate_ids(model, inputs_embeds, attention_mask, stop_ids, options) -> list[list[int]]:
+    """Batched generation; each row's tokens up to (not including) its first stop token."""
+    rows: list[list[int]] = [[] for _ in range(inputs_embeds.shape[0])]
+    done = [False] * len(rows)
+    for token in decode(model, inputs_embeds, attention_mask, stop_ids, options):
+        for i, t in enumerate(token.tolist()):
+            if not done[i]:
+                if t in stop_ids:
+                    done[i] = True
+                else:
+                    rows[i].append(t)
+    return rows
+
+
+@torch.inference_mode()
+def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          label_token_ids: list[list[int]]) -> torch.Tensor:
+    """Sum of log-probabilities of each label's tokens after each row's prompt: [batch, labels].
+
+    The prompt runs once; its cache is repeated for the label continuations.
+    """
+    from transformers import DynamicCache
+
+    batch, n_labels = inputs_embeds.shape[0], len(label_token_ids)
+    longest = max(len(t) for t in label_token_ids)
+    device = inputs_embeds.device
+    labels = torch.zeros(n_labels, longest, dtype=torch.long, device=device)
+    label_mask = torch.zeros(n_labels, longest, dtype=torch.long, device=device)
+    for j, ids in enumerate(label_token_ids):
+        labels[j, : len(ids)] = torch.tensor(ids, device=device)
+        label_mask[j, : len(ids)] = 1
+    cache = DynamicCache()
+    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=positions(attention_mask), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)          # [batch, vocab]
+    scores = first[:, labels[:, 0]]                                      # [batch, labels]
+    if longest > 1:
+        cache.batch_repeat_interleave(n_labels)
+        rows_labels = labels.repeat(batch, 1)                            # [batch*labels, longest]
+        rows_mask = torch.cat([attention_mask.repeat_interleave(n_labels, 0), label_mask.repeat(batch, 1)], 1)
+        cont = model(input_ids=rows_labels[:, :-1], attention_mask=rows_mask[:, :-1],
+                     position_ids=positions(rows_mask[:, :-1])[:, -(longest - 1):],
+                     past_key_values=cache, use_cache=True)
+        logp = torch.log_softmax(cont.logits.float(), dim=-1)
+        picked = logp.gather(-1, rows_labels[:, 1:, None]).squeeze(-1) * label_mask.repeat(batch, 1)[:, 1:]
+        scores = scores + picked.sum(-1).view(batch, n_labels)
+    return scores

@@ -1,0 +1,273 @@
+"""The whole system, built once from one configuration: the five compared systems, label
+scoring, streaming and attention capture over one frozen LLM."""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import prompts
+from .audio import AudioInput, load_audio
+from .backbone import Transcriber, WhisperBackbone
+from .config import SEmoConfig
+from .embeds import SplicedBatch, splice_speech
+from .encoder import SpeechFeatures, build_adapter, extract_features, speech_embeddings
+from .generation import DecodingOptions, decode, generate_ids, label_log_likelihoods, stop_token_ids
+from .llm import FrozenLLM, load_llm
+
+SPEECH_SYSTEMS = ("speech_llm", "neutral_aligned")
+TEXT_SYSTEMS = ("text_only", "cascade", "oracle")
+SYSTEMS = SPEECH_SYSTEMS + TEXT_SYSTEMS
+
+
+@dataclass(frozen=True)
+class EmotionPrediction:
+    label: str
+    probs: dict[str, float]
+    log_likelihoods: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RespondResult:
+    transcript: str
+    emotion: EmotionPrediction
+    responses: dict[str, str]
+    timings_s: dict[str, float]
+    options: DecodingOptions
+
+    def to_json_dict(self) -> dict:
+        return {"transcript": self.transcript,
+                "emotion": {"label": self.emotion.label, "probs": self.emotion.probs},
+                "responses": self.responses,
+                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """What one system reads: speech features, or text (transcript with an optional emotion)."""
+    system: str
+    features: SpeechFeatures | None = None
+    transcript: str | None = None
+    emotion: str | None = None
+    task: str = "respond"
+    instruction: str | None = None
+
+
+class Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[stage] = timer.timings.get(stage, 0.0) + time.perf_counter() - self.start
+        return _Stage()
+
+
+class SEmoLlama:
+    """Load once, share read-only; every call takes its own inputs and options."""
+
+    def __init__(self, config: SEmoConfig | None = None, *, llm: FrozenLLM | None = None):
+        self.config = config or SEmoConfig()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.device = self.config.resolved_device()
+        self.llm = llm or load_llm(self.config)
+        self.tokenizer = self.llm.tokenizer
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.backbone = WhisperBackbone(self.config.backbone, self.config.threads, self.device)
+        self.adapter = self._adapter(self.config.adapter)
+        self._lock = threading.Lock()
+
+    # ----- components -------------------------------------------------------------------
+    def _adapter(self, location: str | None):
+        from pathlib import Path
+
+        if location and not Path(location).exists() and Path(location).is_absolute():
+            location = None  # no shipped checkpoint yet: a fresh adapter (answers are noise)
+        return build_adapter(location, llm_name=self.config.llm, llm_dim=self.llm.hidden_size,
+                             embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
+                             backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)
+
+    @functools.cached_property
+    def neutral_adapter(self):
+        from pathlib import Path
+
+        location = self.config.neutral_adapter
+        if not location or not Path(location).exists():
+            return None
+        return build_adapter(location, llm_name=self.config.llm, llm_dim=self.llm.hidden_size,
+                             embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
+                             backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)
+
+    @functools.cached_property
+    def transcriber(self) -> Transcriber:
+        return Transcriber(self.config.asr, self.config.threads, self.device)
+
+    @functools.cached_property
+    def standalone_ser(self):
+        from pathlib import Path
+
+        from .standalone_ser import StandaloneSER
+
+        location = self.config.standalone_ser
+        if not location or not (Path(location) / "standalone_ser.json").is_file():
+            return None
+        return StandaloneSER.load(location)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.adapter.config.task_mix)
+
+    def describe(self) -> dict:
+        return {"llm": self.config.llm, "quantization": self.config.quantization, "device": self.device,
+                "backbone": self.config.backbone, "adapter": self.config.adapter if self.trained else "fresh (untrained)",
+                "labels": list(self.config.labels), "footprint_mb": round(self.llm.footprint_mb(), 1)}
+
+    # ----- stages -----------------------------------------------------------------------
+    def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        return load_audio(audio, max_duration_s=self.config.max_audio_s, sample_rate=sample_rate)
+
+    def features(self, audio: np.ndarray) -> SpeechFeatures:
+        return extract_features(self.backbone, audio)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        return self.transcriber.transcribe(audio)
+
+    def speech_embeddings(self, features: list[SpeechFeatures], system: str = "speech_llm") -> list[torch.Tensor]:
+        adapter = self.adapter if system == "speech_llm" else self.neutral_adapter
+        if adapter is None:
+            raise ValueError("The neutral_aligned adapter is not available; train it or set neutral_adapter.")
+        with torch.no_grad():
+            return speech_embeddings(adapter, features, self.device)
+
+    # ----- prompts ----------------------------------------------------------------------
+    def encode_prompts(self, inputs: list[PromptInput], *, system_prompt: str | None = None,
+                       assistant_start: str = "", speech: list[torch.Tensor] | None = None) -> SplicedBatch:
+        """Render each input with the chat template and splice in its speech embeddings."""
+        system_prompt = prompts.sanitize_user_text(system_prompt) if system_prompt else self.config.system_prompt
+        prefixes, suffixes, speech_rows = [], [], []
+        needs_speech = [i for i, p in enumerate(inputs) if p.system in SPEECH_SYSTEMS]
+        if speech is None and needs_speech:
+            by_system: dict[str, list[int]] = {}
+            for i in needs_speech:
+                by_system.setdefault(inputs[i].system, []).append(i)
+            speech = [None] * len(inputs)
+            for system, rows in by_system.items():
+                for i, emb in zip(rows, self.speech_embeddings([inputs[i].features for i in rows], system)):
+                    speech[i] = emb
+        for i, p in enumerate(inputs):
+            if p.system in SPEECH_SYSTEMS:
+                user = prompts.speech_turn(p.task, p.instruction)
+                parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
+                speech_rows.append(speech[i])
+            else:
+                user = self._text_user_turn(p)
+                parts = prompts.ChatParts(prompts.render_chat(self.tokenizer, user, system_prompt, assistant_start), "")
+                speech_rows.append(torch.zeros(0, self.llm.hidden_size))
+            prefixes.append(self._ids(parts.prefix))
+            suffixes.append(self._ids(parts.suffix))
+        return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens)
+
+    def _text_user_turn(self, p: PromptInput) -> str:
+        transcript = prompts.sanitize_user_text(p.transcript or "")
+        emotion = p.emotion if p.system in ("cascade", "oracle") else None
+        if p.system in ("cascade", "oracle") and not emotion:
+            raise ValueError(f"The {p.system} system needs an emotion label.")
+        turn = prompts.text_turn(transcript, emotion)
+        instruction = p.instruction if p.instruction is not None else prompts.TASK_INSTRUCTIONS[p.task]
+        return turn + (f"\n{instruction}" if instruction else "")
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ----- generation -------------------------------------------------------------------
+    def generate(self, inputs: list[PromptInput], options: DecodingOptions | None = None,
+                 system_prompt: str | None = None, assistant_start: str = "") -> list[str]:
+        options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
+        batch = self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=assistant_start)
+        ids = generate_ids(self.llm.model, batch.inputs_embeds, batch.attention_mask, self.stop_ids, options)
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+    def stream(self, prompt: PromptInput, options: DecodingOptions | None = None,
+               system_prompt: str | None = None) -> Iterator[str]:
+        """Yield the growing answer text as tokens arrive."""
+        options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
+        batch = self.encode_prompts([prompt], system_prompt=system_prompt)
+        tokens: list[int] = []
+        for token in decode(self.llm.model, batch.inputs_embeds, batch.attention_mask, self.stop_ids, options):
+            t = int(token[0])
+            if t in self.stop_ids:
+                break
+            tokens.append(t)
+            yield self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    # ----- emotion ----------------------------------------------------------------------
+    def label_token_ids(self, labels: tuple[str, ...]) -> list[list[int]]:
+        return [self._ids(" " + label) for label in labels]
+
+    def predict_emotions(self, inputs: list[PromptInput], labels: tuple[str, ...] | None = None,
+                         system_prompt: str | None = None) -> list[EmotionPrediction]:
+        """Score every label by the log-likelihood of "You sound <label>" after the SER question."""
+        labels = tuple(labels or self.config.labels)
+        inputs = [PromptInput(p.system, p.features, p.transcript, p.emotion, task="ser") for p in inputs]
+        batch = self.encode_prompts(inputs, system_prompt=system_prompt,
+                                    assistant_start=prompts.SER_ANSWER_PREFIX)
+        scores = label_log_likelihoods(self.llm.model, batch.inputs_embeds, batch.attention_mask,
+                                       self.label_token_ids(labels)).cpu()
+        probs = torch.softmax(scores, dim=-1)
+        return [EmotionPrediction(labels[int(p.argmax())], {l: float(v) for l, v in zip(labels, p)},
+                                  {l: float(v) for l, v in zip(labels, s)}) for p, s in zip(probs, scores)]
+
+    def standalone_emotion(self, audio: np.ndarray) -> EmotionPrediction:
+        model = self.standalone_ser
+        if model is None:
+            raise ValueError("The standalone SER model is not available; train it with "
+                             "`python -m semollama_core train-ser`.")
+        p = model.predict_proba([audio])[0]
+        return EmotionPrediction(model.labels[int(np.argmax(p))], {l: float(v) for l, v in zip(model.labels, p)})
+
+    # ----- the whole turn ---------------------------------------------------------------
+    def respond(self, audio: AudioInput, transcript: str | None = None, *, sample_rate: int | None = None,
+                max_new_tokens: int | None = None, temperature: float = 0.0,
+                system_prompt: str | None = None) -> RespondResult:
+        """Everything the demo shows for one clip: transcript, emotion, three answers, timings."""
+        options = DecodingOptions(max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                                  temperature=temperature)
+        timer = Timer()
+        with timer("audio_load"):
+            clip = self.load(audio, sample_rate)
+        with timer("backbone"):
+            features = self.features(clip)
+        speech_input = PromptInput("speech_llm", features)
+        with timer("emotion"):
+            emotion = self.predict_emotions([speech_input], system_prompt=system_prompt)[0]
+        with timer("speech_llm"):
+            speech_answer = self.generate([speech_input], options, system_prompt)[0]
+        if transcript is None:
+            with timer("asr"):
+                transcript = self.transcribe(clip)
+        transcript = prompts.sanitize_user_text(transcript)
+        with timer("standalone_ser"):
+            cascade_label = self.standalone_emotion(clip).label if self.standalone_ser else emotion.label
+        with timer("text_only"):
+            text_answer = self.generate([PromptInput("text_only", transcript=transcript)], options, system_prompt)[0]
+        with timer("cascade"):
+            cascade_answer = self.generate([PromptInput("cascade", transcript=transcript, emotion=cascade_label)],
+                                           options, system_prompt)[0]
+        return RespondResult(transcript, emotion, {"speech_llm": speech_answer, "text_only": text_answer,
+                                                   "cascade": cascade_answer}, timer.timings, options)
+
+
+def load_system(config: SEmoConfig | None = None) -> SEmoLlama:
+    return SEmoLlama(config or SEmoConfig.from_env())

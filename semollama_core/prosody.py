@@ -1,0 +1,98 @@
+"""Frame-level prosody at the backbone's frame rate (50 Hz): F0, voicing, energy, brightness.
+
+Level and pitch are also given relative to the utterance itself, since absolute level and a
+voice's own pitch say little about emotion (EXPRESSIVE_SPEECH.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchaudio
+
+from .audio import SAMPLE_RATE
+
+HOP = 320            # 20 ms: one Whisper encoder frame
+WINDOW = 768         # 48 ms: two periods of a 42 Hz voice
+F0_MIN, F0_MAX = 60.0, 500.0
+VOICING_THRESHOLD = 0.45
+PROSODY_DIM = 5
+FEATURE_NAMES = ("f0_abs", "f0_rel", "voicing", "energy_rel", "brightness")
+
+_spectrogram = torchaudio.transforms.Spectrogram(n_fft=512, win_length=WINDOW if WINDOW <= 512 else 512,
+                                                 hop_length=HOP, power=2.0, center=True)
+
+
+def _frames(audio: torch.Tensor) -> torch.Tensor:
+    padded = torch.nn.functional.pad(audio, (WINDOW // 2, WINDOW // 2))
+    n = 1 + (padded.shape[0] - WINDOW) // HOP
+    return padded.unfold(0, WINDOW, HOP)[:n]
+
+
+def pitch_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F0 in Hz (0 where unvoiced) and voicing strength (normalised autocorrelation peak)."""
+    frames = _frames(torch.from_numpy(np.asarray(audio, dtype=np.float32)))
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    frames = frames * torch.hann_window(WINDOW)
+    spec = torch.fft.rfft(frames, n=2 * WINDOW)
+    acf = torch.fft.irfft(spec.abs() ** 2, n=2 * WINDOW)[:, :WINDOW]
+    window_acf = torch.fft.irfft(torch.fft.rfft(torch.hann_window(WINDOW), n=2 * WINDOW).abs() ** 2,
+                                 n=2 * WINDOW)[:WINDOW]
+    nccf = acf / (acf[:, :1] + 1e-9) / (window_acf / window_acf[0]).clamp_min(1e-3)
+    lo, hi = int(SAMPLE_RATE / F0_MAX), int(SAMPLE_RATE / F0_MIN)
+    search = nccf[:, lo:hi]
+    peak = search.max(dim=1, keepdim=True).values
+    # Octave errors: take the shortest lag near the best peak, then its local maximum.
+    first = (search >= 0.85 * peak).float().argmax(dim=1, keepdim=True)
+    lags = torch.arange(search.shape[1]).unsqueeze(0)
+    near = (lags >= first) & (lags <= first * 1.25 + 2)
+    strength, lag = torch.where(near, search, torch.full_like(search, -1.0)).max(dim=1)
+    lag = lag + lo
+    f0 = SAMPLE_RATE / lag.float()
+    energy = frames.pow(2).mean(dim=1)
+    voiced = (strength > VOICING_THRESHOLD) & (energy > energy.max() * 1e-4)
+    f0 = torch.where(voiced, f0, torch.zeros_like(f0))
+    return f0.numpy(), strength.clamp(0, 1).numpy()
+
+
+def prosody_features(audio: np.ndarray, n_frames: int | None = None) -> np.ndarray:
+    """[frames, PROSODY_DIM] float32, truncated or edge-padded to `n_frames`."""
+    f0, strength = pitch_track(audio)
+    x = torch.from_numpy(np.asarray(audio, dtype=np.float32))
+    power = _spectrogram(x).T  # [frames, bins]
+    n = min(len(f0), power.shape[0])
+    f0, strength, power = f0[:n], strength[:n], power[:n].numpy()
+    energy_db = 10 * np.log10(power.sum(axis=1) + 1e-10)
+    bins_2k = int(2000 / (SAMPLE_RATE / 2) * (power.shape[1] - 1))
+    brightness = np.log10((power[:, bins_2k:].sum(axis=1) + 1e-10) / (power.sum(axis=1) + 1e-10))
+    voiced = f0 > 0
+    semitones = np.where(voiced, 12 * np.log2(np.maximum(f0, 1.0) / 100.0), 0.0)
+    median = np.median(semitones[voiced]) if voiced.any() else 0.0
+    features = np.stack([
+        semitones / 12.0,
+        np.where(voiced, semitones - median, 0.0) / 12.0,
+        strength,
+        np.maximum(energy_db - energy_db.max(), -60.0) / 20.0,
+        np.clip(brightness, -6, 0) / 2.0,
+    ], axis=1).astype(np.float32)
+    if n_frames is not None:
+        features = _fit_length(features, n_frames)
+    return features
+
+
+def _fit_length(features: np.ndarray, n_frames: int) -> np.ndarray:
+    if features.shape[0] >= n_frames:
+        return features[:n_frames]
+    pad = np.repeat(features[-1:], n_frames - features.shape[0], axis=0)
+    return np.concatenate([features, pad], axis=0)
+
+
+def describe_prosody(audio: np.ndarray) -> dict:
+    """Utterance-level summary, used for speaking-style captions and the app."""
+    f0, _ = pitch_track(audio)
+    voiced = f0[f0 > 0]
+    semitones = 12 * np.log2(voiced / 100.0) if voiced.size else np.zeros(1)
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return {"f0_median_hz": float(np.median(voiced)) if voiced.size else 0.0,
+            "f0_range_st": float(np.percentile(semitones, 90) - np.percentile(semitones, 10)),
+            "voiced_fraction": float((f0 > 0).mean()),
+            "rms_dbfs": float(20 * np.log10(rms + 1e-10))}
