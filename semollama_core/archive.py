@@ -116,11 +116,11 @@ def _extract_entries(zip_path: Path, archive: zipfile.ZipFile, entries: list, st
     written = 0
     for info, name in entries:
         target = staging / name
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)  # fails where a file has the folder's name
             with archive.open(info) as source, open(target, "xb") as sink:
                 while chunk := source.read(CHUNK_BYTES):
                     written += len(chunk)

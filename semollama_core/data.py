@@ -77,7 +77,7 @@ def iter_manifest(
     check_files: bool = True,
     on_error: str = "raise",
 ) -> Iterator[Utterance]:
-    """Yield the manifest's utterances one at a time, reading the file line by line.
+    """The manifest's utterances one at a time, reading the file line by line.
 
     require_emotion: a row without `emotion` is an error.
     labels: a row whose emotion is not one of these is an error.
@@ -86,10 +86,12 @@ def iter_manifest(
         the manifest's folder (one stat per row); paths are always checked lexically.
     on_error: "raise" stops at the first bad row; "skip" warns (ManifestWarning) and
         goes on. Duplicate audio paths are bad rows. Problems with the file itself
-        (missing, empty, no `audio` column) always raise.
+        (missing, empty, not UTF-8, no `audio` column, ragged CSV) always raise.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if isinstance(labels, str):
+        raise ValueError(f"labels must be a collection of labels, not the string {labels!r}")
     manifest = _existing_file(path)
     checker = _RowChecker(
         manifest,
@@ -97,11 +99,18 @@ def iter_manifest(
         labels=None if labels is None else frozenset(labels),
         check_files=check_files,
     )
+    # Checked above, at the call; the rows are read only as they are asked for.
+    return _stream_utterances(manifest, checker, split, on_error)
+
+
+def _stream_utterances(manifest: Path, checker: "_RowChecker", split: str | None, on_error: str) -> Iterator[Utterance]:
     counts = {"rows": 0, "yielded": 0, "skipped": 0}
     splits_seen: set[str] = set()
     for lineno, row in _iter_rows(manifest):
         counts["rows"] += 1
         try:
+            if isinstance(row, _RowError):
+                raise row
             if split is not None:
                 row_split = _optional_text(row, "split")
                 if row_split != split:
@@ -115,7 +124,7 @@ def iter_manifest(
                 raise ManifestError(message) from None
             counts["skipped"] += 1
             if counts["skipped"] <= MAX_WARNINGS:
-                warnings.warn(f"{message}; row skipped", ManifestWarning, stacklevel=2)
+                warnings.warn(f"{message}; row skipped", ManifestWarning, stacklevel=3)
             continue
         counts["yielded"] += 1
         yield utterance
@@ -153,7 +162,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
 
 def _check_something_yielded(manifest: Path, counts: dict, split: str | None, splits_seen: set) -> None:
     if counts["skipped"] > MAX_WARNINGS:
-        warnings.warn(f"{manifest}: {counts['skipped']} rows skipped in all", ManifestWarning, stacklevel=3)
+        warnings.warn(f"{manifest}: {counts['skipped']} rows skipped in all", ManifestWarning, stacklevel=4)
     if counts["yielded"]:
         return
     if counts["rows"] == 0:
@@ -165,8 +174,8 @@ def _check_something_yielded(manifest: Path, counts: dict, split: str | None, sp
         raise ManifestError(f"{manifest}: no rows with split {split!r} (splits present: {seen})")
 
 
-def _iter_rows(manifest: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, row dict) for every non-blank row, JSONL or CSV."""
+def _iter_rows(manifest: Path) -> Iterator[tuple[int, dict | _RowError]]:
+    """(line number, row dict, or the error that stands for an unreadable row), JSONL or CSV."""
     kind = _manifest_kind(manifest)
     if kind == "jsonl":
         return _iter_jsonl_rows(manifest)
@@ -213,16 +222,18 @@ def _decoded_lines(manifest: Path) -> Iterator[tuple[int, str]]:
 _decode_json = json.JSONDecoder().decode
 
 
-def _iter_jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict]]:
+def _iter_jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict | _RowError]]:
     for lineno, text in _decoded_lines(manifest):
         if not text.strip():
             continue
+        # A broken line is a row error, not a file error: JSONL lines stand alone, so
+        # on_error="skip" can pass over it. The error is handed on in place of the row.
         try:
             row = _decode_json(text)
         except json.JSONDecodeError as error:
-            raise ManifestError(f"{manifest}:{lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise ManifestError(f"{manifest}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row = _RowError(f"invalid JSON ({error.msg} at column {error.colno})")
+        if not isinstance(row, (dict, _RowError)):
+            row = _RowError(f"expected a JSON object, got {type(row).__name__}")
         yield lineno, row
 
 
@@ -265,6 +276,7 @@ class _RowChecker:
 
     def __init__(self, manifest: Path, *, require_emotion: bool, labels: frozenset | None, check_files: bool):
         self.root = os.path.realpath(manifest.parent)
+        self.root_prefix = self.root.rstrip(os.sep) + os.sep
         self.require_emotion = require_emotion
         self.labels = labels
         self.check_files = check_files
@@ -279,7 +291,7 @@ class _RowChecker:
             raise _RowError(f"missing 'emotion' for {relative}")
         if emotion is not None and self.labels is not None and emotion not in self.labels:
             raise _RowError(f"label {emotion!r} is not one of {sorted(self.labels)}")
-        audio_path = self.root + "/" + relative
+        audio_path = self.root_prefix + relative
         if self.check_files:
             self._check_file(relative, audio_path)
         if not self.seen_paths.add(relative):
@@ -295,7 +307,7 @@ class _RowChecker:
 
     def _check_file(self, relative: str, audio_path: str) -> None:
         real = os.path.realpath(audio_path)
-        if not real.startswith(self.root + os.sep):
+        if not real.startswith(self.root_prefix):
             raise _RowError(f"audio {relative} is a link that leads outside the manifest's folder; refused")
         if not os.path.isfile(real):
             raise _RowError(f"audio file not found: {relative}")
@@ -827,28 +839,33 @@ def _text_or_none(example: dict, column: str | None) -> str | None:
 
 def _write_clip(path: Path, audio: Any, index: int) -> Path:
     """Write one example's audio (an array dict, encoded bytes or a file path) as a wav."""
-    import numpy as np
     import soundfile as sf
 
-    try:
-        if isinstance(audio, dict) and audio.get("array") is not None:
-            samples, rate = np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-        elif isinstance(audio, dict) and audio.get("bytes"):
-            samples, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
-        elif isinstance(audio, dict) and audio.get("path"):
-            samples, rate = sf.read(audio["path"], dtype="float32")
-        else:
-            raise ManifestError(f"row {index}: no audio (expected array+sampling_rate, bytes or path)")
-    except (sf.LibsndfileError, RuntimeError, OSError, KeyError, TypeError, ValueError) as error:
-        if isinstance(error, ManifestError):
-            raise
-        raise ManifestError(f"row {index}: unreadable audio ({_first_line(error)})") from None
+    samples, rate = _clip_samples(audio, index)
     if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
         samples = samples.T  # datasets stores (channels, samples); soundfile wants (samples, channels)
     tmp = path.with_name(f".{path.name}.tmp")
     sf.write(tmp, samples, rate, format="WAV", subtype="PCM_16")
     os.replace(tmp, path)
     return path
+
+
+def _clip_samples(audio: Any, index: int) -> tuple[Any, int]:
+    import numpy as np
+    import soundfile as sf
+
+    if not isinstance(audio, dict):
+        raise ManifestError(f"row {index}: audio is a {type(audio).__name__}, expected a dict")
+    try:
+        if audio.get("array") is not None:
+            return np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+        if audio.get("bytes"):
+            return sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
+        if audio.get("path"):
+            return sf.read(audio["path"], dtype="float32")
+    except (sf.LibsndfileError, OSError, KeyError, TypeError, ValueError) as error:
+        raise ManifestError(f"row {index}: unreadable audio ({_first_line(error)})") from None
+    raise ManifestError(f"row {index}: no audio (expected array and sampling_rate, bytes or path)")
 
 
 def _dataset_name(dataset_or_name: Any) -> str:

@@ -271,3 +271,16 @@ class SEmoLlama:
 
 def load_system(config: SEmoConfig | None = None) -> SEmoLlama:
     return SEmoLlama(config or SEmoConfig.from_env())
+
+
+def _capture_attention(self, audio: AudioInput, *, max_new_tokens: int | None = None,
+                       system_prompt: str | None = None, sample_rate: int | None = None):
+    """Attention of the frozen LLM for one speech_llm generation (see attention.py)."""
+    from .attention import capture_attention
+
+    clip = self.load(audio, sample_rate)
+    options = DecodingOptions(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
+    return capture_attention(self, clip, options, system_prompt)
+
+
+SEmoLlama.capture_attention = _capture_attention

@@ -718,15 +718,20 @@ def _defuse_formula(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
-def _hub_endpoint() -> tuple[str, int]:
-    parsed = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _host_and_port(endpoint: str) -> tuple[str, int]:
+    parsed = urlparse(endpoint)
     return parsed.hostname or "huggingface.co", parsed.port or (80 if parsed.scheme == "http" else 443)
 
 
 def _upload_dataset_file(repo_id: str, path_in_repo: str, payload: bytes, token: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise HubError("HF_HUB_OFFLINE is set; unset it to push ratings to the Hub")
-    host, port = _hub_endpoint()
+    endpoint = _hub_endpoint()
+    host, port = _host_and_port(endpoint)
     try:  # fail fast and clearly offline, instead of after the client's retries
         socket.create_connection((host, port), timeout=5).close()
     except OSError as error:
@@ -737,7 +742,7 @@ def _upload_dataset_file(repo_id: str, path_in_repo: str, payload: bytes, token:
     except ImportError:
         raise HubError("pushing ratings needs the huggingface_hub package") from None
     try:
-        api = HfApi(token=token)
+        api = HfApi(endpoint=endpoint, token=token)
         api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
         api.upload_file(path_or_fileobj=payload, path_in_repo=path_in_repo, repo_id=repo_id,
                         repo_type="dataset", commit_message="Update ratings")
@@ -745,4 +750,4 @@ def _upload_dataset_file(repo_id: str, path_in_repo: str, payload: bytes, token:
         detail = str(error).splitlines()[0] if str(error) else ""
         raise HubError(f"push to {repo_id} failed: {type(error).__name__}: "
                        f"{detail.replace(token, '***')[:200]}") from None
-    return f"https://huggingface.co/datasets/{repo_id}"
+    return f"{endpoint}/datasets/{repo_id}"

@@ -91,7 +91,7 @@ RECORDING_GAIN_DB = (-9.0, 5.0)  # per clip, independent of the emotion
 SNR_DB = (5.0, 30.0)
 NOISE_KINDS = ("white", "pink", "brown", "babble")
 REVERB_PROB = 0.25
-MAX_PITCH_FIX_ST = 4.0  # a larger correction means the pitch tracker failed: don't trust it
+MAX_PITCH_FIX_ST = 7.0  # a larger correction means the pitch tracker failed: do not trust it
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class ClipParams:
     engine_pitch_share: float         # part of the F0 shift asked of the engine, rest by sox
     spectrum_effects: tuple[str, ...] # sox effects for the emotion's voice quality
     pauses_s: tuple[float, ...]       # extra silence put into the longest gaps (sad)
+    edges_s: tuple[float, float]      # silence before and after the speech
     mic_effects: tuple[str, ...]      # random microphone colouring
     reverb_effects: tuple[str, ...]
     recording_gain_db: float
@@ -253,8 +254,9 @@ def _split_voices(voices: list[Voice], seed: int) -> dict[str, list[list[Voice]]
         groups = [g for g in by_group.values() if g[0].sex == sex]
         if len(groups) < 3:
             raise SynthError(f"need at least 3 {sex} voice groups to split, have {len(groups)}")
-        for split, chosen in _split_items(groups, VOICE_SPLIT_FRACTIONS, _rng(seed, "voices", sex)).items():
-            pools[split].extend(chosen)
+        chosen = _split_items(groups, VOICE_SPLIT_FRACTIONS, _rng(seed, "voices", sex))
+        for split, split_groups in chosen.items():
+            pools[split].extend(split_groups)
     return pools
 
 
@@ -312,7 +314,8 @@ def _draw_params(rng: np.random.Generator, emotion: str, noise_prob: float, voic
         level_db=_uniform(rng, band.level_db),
         engine_pitch_share=float(rng.uniform(0.5, 1.0)),
         spectrum_effects=_spectrum_effects(band.spectrum, rng),
-        pauses_s=tuple(float(x) for x in rng.uniform(0.15, 0.4, rng.integers(1, 3)).round(3)) if band.spectrum == "dark" else (),
+        pauses_s=_pauses(rng) if band.spectrum == "dark" else (),
+        edges_s=(round(float(rng.uniform(0.05, 0.3)), 3), round(float(rng.uniform(0.05, 0.3)), 3)),
         mic_effects=_mic_effects(rng),
         reverb_effects=_reverb_effects(rng) if rng.random() < REVERB_PROB else (),
         recording_gain_db=_uniform(rng, RECORDING_GAIN_DB),
@@ -334,6 +337,10 @@ def _spectrum_effects(spectrum: str, rng: np.random.Generator) -> tuple[str, ...
                 "equalizer", "3000", "1q", f"{rng.uniform(2, 5):.1f}",
                 "overdrive", f"{rng.uniform(8, 20):.0f}", f"{rng.uniform(10, 30):.0f}")
     return ()
+
+
+def _pauses(rng: np.random.Generator) -> tuple[float, ...]:
+    return tuple(round(float(x), 3) for x in rng.uniform(0.15, 0.4, rng.integers(1, 3)))
 
 
 def _mic_effects(rng: np.random.Generator) -> tuple[str, ...]:
@@ -363,10 +370,13 @@ def _engine_audio(voice: Voice, text: str, workdir: str, *, pitch_st: float = 0.
                   neutral: "NeutralReference | None" = None) -> tuple[np.ndarray, int]:
     """Synthesise with the engine's own prosody controls; returns float samples and rate."""
     path = os.path.join(workdir, "engine.wav")
+    # both engines set the F0 range in Hz; the table's range is a ratio of intervals (in
+    # semitones), so at a raised pitch the range in Hz must grow with the pitch
+    range_hz_scale = range_scale * 2 ** (pitch_st / 12)
     if voice.engine == "espeak-ng":
         # -p is 0..99 (50 default), about 6 steps a semitone up and 7 down on these voices
         pitch = 50 + pitch_st * (6.0 if pitch_st > 0 else 7.0)
-        ssml = f'<speak><prosody range="{range_scale * 100:.0f}%">{escape(text)}</prosody></speak>'
+        ssml = f'<speak><prosody range="{range_hz_scale * 100:.0f}%">{escape(text)}</prosody></speak>'
         voice_name = f"{voice.name}+{voice.variant}" if voice.variant else voice.name
         cmd = ["espeak-ng", "-v", voice_name, "-m", "-p", str(int(np.clip(round(pitch), 0, 99))),
                "-s", str(round(175 * rate)), "-w", path, ssml]
@@ -376,7 +386,7 @@ def _engine_audio(voice: Voice, text: str, workdir: str, *, pitch_st: float = 0.
         if neutral is not None and neutral.f0_hz:
             # the intonation model's target mean and spread (ignored by the rms voice)
             cmd += ["--setf", f"int_f0_target_mean={neutral.f0_hz * 2 ** (pitch_st / 12):.1f}",
-                    "--setf", f"int_f0_target_stddev={neutral.f0_std_hz * range_scale:.1f}"]
+                    "--setf", f"int_f0_target_stddev={neutral.f0_std_hz * range_hz_scale:.1f}"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0 or not os.path.exists(path):
         raise RuntimeError(f"{voice.engine} failed on {text!r}: {result.stderr.decode()[-200:]}")
@@ -399,9 +409,12 @@ def _neutral_reference(voice: Voice, text: str) -> NeutralReference:
         samples, rate = _engine_audio(voice, text, workdir)
     f0 = f0_track(samples, rate)
     voiced = f0[~np.isnan(f0)]
-    median = float(np.median(voiced)) if voiced.size >= 5 else None
-    return NeutralReference(median, float(np.std(voiced)) if median else 0.0,
-                            active_seconds(samples, rate))
+    if voiced.size < 5:
+        return NeutralReference(None, 0.0, active_seconds(samples, rate))
+    median = float(np.median(voiced))
+    # robust spread: a few octave errors of the tracker must not widen the intonation
+    spread = min(1.4826 * float(np.median(np.abs(voiced - median))), 0.3 * median)
+    return NeutralReference(median, spread, active_seconds(samples, rate))
 
 
 # ---------------------------------------------------------------- measurements
@@ -424,8 +437,13 @@ def f0_track(samples: np.ndarray, rate: int, fmin: float = 60.0, fmax: float = 5
     autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :size]
     # divide by the overlap length so long lags are not penalised
     autocorr = autocorr / np.maximum(autocorr[:, :1], 1e-12) * size / (size - np.arange(size))
-    lo, hi = int(rate / fmax), min(int(rate / fmin), size - 1)
-    lags = lo + np.argmax(autocorr[:, lo:hi], axis=1)
+    lo, hi = int(rate / fmax), min(int(rate / fmin), size - 2)
+    window = autocorr[:, lo - 1:hi + 1]
+    inner = window[:, 1:-1]
+    is_peak = (inner >= window[:, :-2]) & (inner >= window[:, 2:])
+    # the first peak near the highest, not the highest: multiples of the period score as well
+    best = inner.max(axis=1, keepdims=True)
+    lags = lo + np.argmax(is_peak & (inner >= 0.98 * best), axis=1)
     peak = autocorr[np.arange(len(lags)), lags]
     voiced = (peak > 0.5) & (energy > 0.1 * energy.max() if energy.size else False)
     return np.where(voiced, rate / lags, np.nan)
@@ -477,7 +495,8 @@ def _prosody_effects(samples, rate, neutral: NeutralReference, p: ClipParams) ->
         fix_st = p.f0_shift_st - 12 * math.log2(measured / neutral.f0_hz)
         if abs(fix_st) <= MAX_PITCH_FIX_ST:
             effects += ["pitch", f"{100 * fix_st:.0f}"]
-    target_s = neutral.active_s / p.rate
+    # the rate counts the added pauses too: a listener hears the whole utterance slow down
+    target_s = max(neutral.active_s / p.rate - sum(p.pauses_s), 0.6 * neutral.active_s)
     tempo = float(np.clip(active_seconds(samples, rate) / target_s, 0.7, 1.5))
     if abs(tempo - 1) > 0.01:
         effects += ["tempo", "-s", f"{tempo:.3f}"]
@@ -490,36 +509,49 @@ def _render_speech(job: ClipJob, workdir: str) -> np.ndarray:
     samples, rate = _engine_audio(job.voice, job.transcript, workdir,
                                   pitch_st=p.f0_shift_st * p.engine_pitch_share,
                                   range_scale=p.f0_range_scale, rate=p.rate, neutral=neutral)
-    effects = _prosody_effects(samples, rate, neutral, p)
+    # engines differ in how much breath and hiss they leave at the edges, which overdrive
+    # and treble would lift into audible, "slower" speech: cut it, then pad at random
+    samples = _trim(samples, rate)
+    # to 16 kHz first: effects then never meet a lower Nyquist (kal is 8 kHz)
+    effects = ["rate", str(SAMPLE_RATE), *_prosody_effects(samples, rate, neutral, p)]
     effects += [*p.spectrum_effects, *p.mic_effects, *p.reverb_effects, "channels", "1"]
     speech = _sox(samples, rate, effects)
     if p.pauses_s:
         speech = _lengthen_pauses(speech, p.pauses_s)
-    return speech
+    lead, tail = (np.zeros(int(s * SAMPLE_RATE), np.float32) for s in p.edges_s)
+    return np.concatenate([lead, speech, tail])
+
+
+def _trim(samples: np.ndarray, rate: int, floor_db: float = 40.0, margin_s: float = 0.03) -> np.ndarray:
+    db = _frame_db(samples, rate)
+    active = np.flatnonzero(db > db.max() - floor_db)
+    if active.size == 0:
+        return samples
+    start = max(0, int((active[0] * 0.01 - margin_s) * rate))
+    end = int(((active[-1] + 2) * 0.01 + margin_s) * rate)
+    return samples[start:end]
 
 
 def _lengthen_pauses(samples: np.ndarray, pauses_s: tuple[float, ...]) -> np.ndarray:
-    """Put silence into the longest quiet stretches between words (sad speech pauses)."""
+    """Put silence into the quietest points between words (sad speech pauses longer)."""
     db = _frame_db(samples, SAMPLE_RATE)
     active = np.flatnonzero(db > db.max() - 35)
-    if active.size < 2:
+    if active.size < 10:
         return samples
-    quiet = db[active[0]:active[-1]] < db.max() - 30
-    # frame index of the quietest point in the middle 80 % of the speech, then of gaps
-    span = np.arange(active[0], active[-1])
-    inner = span[int(0.1 * len(span)):int(0.9 * len(span))]
-    candidates = sorted(inner, key=lambda i: (not quiet[i - active[0]], db[i]))
-    cuts, taken = [], []
-    for frame in candidates:
+    # candidates: the middle 80 % of the speech, quietest first, at least 0.3 s apart
+    first, last = active[0], active[-1]
+    inner = np.arange(first + (last - first) // 10, last - (last - first) // 10)
+    cuts: list[int] = []
+    for frame in inner[np.argsort(db[inner], kind="stable")]:
         if len(cuts) == len(pauses_s):
             break
-        if all(abs(frame - t) > 30 for t in taken):  # pauses at least 0.3 s apart
-            taken.append(frame)
-            cuts.append(frame * SAMPLE_RATE // 100 + SAMPLE_RATE // 100)
+        if all(abs(frame - cut) > 30 for cut in cuts):
+            cuts.append(int(frame))
     pieces, start = [], 0
     for cut, pause in zip(sorted(cuts), pauses_s):
-        pieces += [samples[start:cut], np.zeros(int(pause * SAMPLE_RATE), np.float32)]
-        start = cut
+        at = (cut + 1) * SAMPLE_RATE // 100  # the middle of the 20 ms frame
+        pieces += [samples[start:at], np.zeros(int(pause * SAMPLE_RATE), np.float32)]
+        start = at
     pieces.append(samples[start:])
     return np.concatenate(pieces)
 

@@ -1,6 +1,7 @@
 """The annotators' ratings store and the preference analysis, on real SQLite files."""
 
 import csv
+import http.server
 import dataclasses
 import io
 import json
@@ -340,20 +341,54 @@ def test_admin_password_gates_exports(tmp_path, monkeypatch):
     store.close()
 
 
-def test_push_to_hub_never_reveals_the_token(store, monkeypatch, caplog):
+class RefusingHub(http.server.BaseHTTPRequestHandler):
+    """A local stand-in for the Hub that refuses everything and echoes the bearer token
+    in its error body, as a careless server might."""
+
+    def refuse(self):
+        body = json.dumps({"error": f"invalid token {self.headers.get('Authorization')}"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_HEAD = refuse
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refusing_hub(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(120)
+def test_push_to_hub_never_reveals_the_token(store, monkeypatch, caplog, refusing_hub):
     secret = "hf_SeCrEtToKeN0123456789abcdefABCDEF"
     monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     caplog.set_level(logging.DEBUG)
     vote(store, "ann1")
-    with pytest.raises(HubError) as caught:  # offline here; online the fake token is refused
-        store.push_to_hub("someone/semollama-ratings")
-    assert "\n" not in str(caught.value)
-    assert secret not in str(caught.value) and secret not in repr(caught.value)
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
-    assert all(secret not in record.getMessage() for record in caplog.records)
+    with pytest.raises(HubError, match="push to someone/ratings failed") as caught:
+        store.push_to_hub("someone/ratings")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: offline
+    with pytest.raises(HubError, match="cannot reach the Hugging Face Hub") as offline:
+        store.push_to_hub("someone/ratings")
+    for error in (caught.value, offline.value):
+        assert "\n" not in str(error) and secret not in str(error) and secret not in repr(error)
+        assert error.__cause__ is None and error.__suppress_context__
+    assert caplog.records and all(secret not in record.getMessage() for record in caplog.records)
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubError, match="set HF_TOKEN"):
-        store.push_to_hub("someone/semollama-ratings")
+        store.push_to_hub("someone/ratings")
 
 
 @pytest.mark.skipif(not (os.environ.get("HF_TOKEN") and os.environ.get("SEMOLLAMA_TEST_HUB_REPO")),

@@ -1,0 +1,304 @@
+"""Helpers shared by the evaluation commands: manifests and label sets, raw-prediction
+files, local `evaluate` metrics, figures, metadata, the command-line wrapper, and the
+teacher-forced NLL of given responses."""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from semollama_core.data import Utterance, iter_manifest
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+AUTO_SPLIT = "auto"
+
+
+class EvalError(ValueError):
+    """Bad evaluation input, explained in one line."""
+
+
+# ----------------------------------------------------------------------------- metrics
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str):
+    """An `evaluate` module shipped in eval/metrics/<name>/ (loaded by path: works offline)."""
+    import evaluate
+
+    folder = METRICS_DIR / name
+    if not (folder / f"{name}.py").is_file():
+        raise EvalError(f"No metric module {name!r} in {METRICS_DIR}.")
+    return evaluate.load(str(folder))
+
+
+# ----------------------------------------------------------------------------- manifests
+
+def read_rows(manifest: str | os.PathLike) -> list[Utterance]:
+    """All rows of an evaluation manifest (each needs an emotion); ManifestError names file:line."""
+    return list(iter_manifest(manifest, require_emotion=True))
+
+
+def choose_split(rows: list[Utterance], split: str | None) -> list[Utterance]:
+    """"auto": the test rows when the manifest has any, otherwise every row; None: every row."""
+    if split is None or (split == AUTO_SPLIT and not any(u.split == "test" for u in rows)):
+        return rows
+    wanted = "test" if split == AUTO_SPLIT else split
+    chosen = [u for u in rows if u.split == wanted]
+    if not chosen:
+        seen = ", ".join(sorted({u.split for u in rows if u.split})) or "none"
+        raise EvalError(f"No manifest rows with split {wanted!r} (splits present: {seen}).")
+    return chosen
+
+
+def label_set(rows: Iterable[Utterance], config_labels: Sequence[str]) -> tuple[str, ...]:
+    """The manifest's labels that the configuration knows, in the configuration's order."""
+    present = {u.emotion for u in rows}
+    labels = tuple(label for label in config_labels if label in present)
+    if len(labels) < 2:
+        raise EvalError(f"The manifest's labels ({', '.join(sorted(present))}) share fewer than two "
+                        f"with the configured labels ({', '.join(config_labels)}); set SEMOLLAMA_LABELS.")
+    return labels
+
+
+def evaluation_rows(manifest: str | os.PathLike, config_labels: Sequence[str], *, split: str | None = AUTO_SPLIT,
+                    limit: int | None = None) -> tuple[list[Utterance], tuple[str, ...], list[str], list[Utterance]]:
+    """(rows to evaluate, label set, notes, all rows) for a manifest; fails before any model loads."""
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be a positive number of rows, not {limit}.")
+    all_rows = read_rows(manifest)
+    rows = choose_split(all_rows, split)
+    labels = label_set(rows, config_labels)
+    kept = [u for u in rows if u.emotion in labels]
+    notes = []
+    if len(kept) < len(rows):
+        dropped = sorted({u.emotion for u in rows} - set(labels))
+        notes.append(f"{len(rows) - len(kept)} rows with labels outside the label set left out: {', '.join(dropped)}.")
+    return kept[:limit] if limit else kept, labels, notes, all_rows
+
+
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    if size < 1:
+        raise EvalError(f"batch size must be at least 1, not {size}.")
+    for start in range(0, len(items), size):
+        yield items[start: start + size]
+
+
+def progress_bar(total: int, desc: str, progress=None):
+    """tqdm bar on stderr; progress=None shows it on a terminal, True/False force it."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="utt", disable=None if progress is None else not progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- the system
+
+def load_system_from_args(quantization: str | None):
+    """The system from SEMOLLAMA_* settings, with the command line's quantization if given."""
+    from semollama_core.config import SEmoConfig
+    from semollama_core.pipeline import load_system
+
+    return load_system(SEmoConfig.from_env(quantization=quantization))
+
+
+def config_labels(quantization: str | None = None) -> tuple[str, ...]:
+    from semollama_core.config import SEmoConfig
+
+    return SEmoConfig.from_env(quantization=quantization).labels
+
+
+def standalone_model(system, all_rows: list[Utterance], labels: Sequence[str], notes: list[str], progress=None):
+    """The shipped standalone SER model, else one fitted now on the manifest's train split, else None."""
+    if system.standalone_ser is not None:
+        return system.standalone_ser
+    from semollama_core.standalone_ser import StandaloneSER
+
+    train = [u for u in all_rows if u.split == "train" and u.emotion in labels]
+    if len({u.emotion for u in train}) < 2:
+        notes.append("standalone: no shipped model and no train split with two labels to fit one; skipped.")
+        return None
+    waveforms = [system.load(str(u.audio_path)) for u in train]
+    model = StandaloneSER().fit(waveforms, [u.emotion for u in train], progress=bool(progress))
+    notes.append(f"standalone: no shipped model; fitted on the manifest's {len(train)} train rows.")
+    return model
+
+
+def response_nll(system, prompt_inputs: list, responses: list[str]) -> list[float]:
+    """Teacher-forced NLL per response token of each response after its prompt.
+
+    One forward pass over [left-padded prompt | response tokens, right-padded]; the
+    response is the text's tokens (no end-of-turn token), as the system would continue
+    its assistant turn.
+    """
+    import torch
+    from semollama_core.generation import positions
+
+    if len(prompt_inputs) != len(responses):
+        raise EvalError(f"{len(prompt_inputs)} prompts but {len(responses)} responses.")
+    ids = [system.tokenizer(r, add_special_tokens=False)["input_ids"] or [system.stop_ids[0]] for r in responses]
+    prompt = system.encode_prompts(prompt_inputs)
+    device = prompt.inputs_embeds.device
+    longest = max(len(row) for row in ids)
+    targets = torch.zeros(len(ids), longest, dtype=torch.long, device=device)
+    target_mask = torch.zeros(len(ids), longest, dtype=torch.long, device=device)
+    for i, row in enumerate(ids):
+        targets[i, : len(row)] = torch.tensor(row, device=device)
+        target_mask[i, : len(row)] = 1
+    with torch.inference_mode():
+        embeds = torch.cat([prompt.inputs_embeds, system.llm.embed_tokens(targets).to(prompt.inputs_embeds.dtype)], 1)
+        mask = torch.cat([prompt.attention_mask, target_mask], 1)
+        # Only the positions that predict response tokens need the LM head.
+        logits = system.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                                  logits_to_keep=longest + 1).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+        nll = -(logp * target_mask).sum(1) / target_mask.sum(1)
+    return [float(x) for x in nll.cpu()]
+
+
+# ----------------------------------------------------------------------------- files
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    path = Path(path)
+    _atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    path = Path(path)
+    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Raw predictions written by write_jsonl; a bad line is named by file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: predictions file not found.")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{lineno}: not JSON ({e.msg}).") from None
+            if not isinstance(row, dict):
+                raise EvalError(f"{path}:{lineno}: expected a JSON object.")
+            rows.append(row)
+    if not rows:
+        raise EvalError(f"{path}: no predictions.")
+    return rows
+
+
+def predictions_path(out: str | os.PathLike) -> Path:
+    """Raw predictions live next to the scored JSON: FILE.json -> FILE.predictions.jsonl."""
+    out = Path(out)
+    return out.with_name(out.stem + ".predictions.jsonl")
+
+
+def check_out_path(out: str | os.PathLike, suffix: str = ".json") -> Path:
+    out = Path(out)
+    if out.suffix != suffix:
+        raise EvalError(f"--out must name a {suffix} file, not {out}.")
+    if out.exists() and out.is_dir():
+        raise EvalError(f"--out {out} is a folder.")
+    return out
+
+
+def save_figure(fig, stem: str | os.PathLike) -> dict:
+    """Write STEM.html and STEM.png; a PNG that cannot be made is reported, never fatal."""
+    stem = Path(stem)
+    html = stem.with_name(stem.name + ".html")
+    _atomic_write_text(html, fig.to_html(include_plotlyjs="cdn", full_html=True))
+    out = {"html": str(html), "png": None}
+    if Path("/usr/bin/chromium").is_file():  # kaleido's browser finder looks here
+        os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
+    png = stem.with_name(stem.name + ".png")
+    tmp = png.with_name(f".{png.stem}.tmp.png")
+    try:
+        fig.write_image(str(tmp), width=fig.layout.width or 900, height=fig.layout.height or 600)
+        os.replace(tmp, png)
+        out["png"] = str(png)
+    except Exception as e:  # kaleido/Chromium problems must not lose the results
+        tmp.unlink(missing_ok=True)
+        out["png_error"] = " ".join(str(e).split())[:300] or type(e).__name__
+    return out
+
+
+def metadata(manifest: str | os.PathLike | None, system=None, **extra) -> dict:
+    import torch
+
+    meta = {"manifest": str(Path(manifest).resolve()) if manifest else None,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    if system is not None:
+        meta["config"] = {**system.config.to_dict(), "describe": system.describe()}
+    meta.update(extra)
+    return meta
+
+
+# ----------------------------------------------------------------------------- command lines
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run a command; any bad input ends with one `error:` line on stderr and exit status 1."""
+    from semollama_core.__main__ import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return int(main(sys.argv[1:] if argv is None else argv) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
+def positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def argument_parser(prog: str, description: str):
+    """argparse whose usage errors are one `error:` line (the contract of every command)."""
+    import argparse
+
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    return OneLineParser(prog=prog, description=description)

@@ -1,0 +1,93 @@
+"""Command line: python -m semollama_core {respond,synth,targets,train,train-ser} ..."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+USAGE = """usage: python -m semollama_core COMMAND [options]
+
+commands:
+  respond AUDIO [--transcript TEXT] [--max-new-tokens N]   answer one clip, print JSON
+  synth --out DIR ...            make the synthetic expressive corpus
+  targets MANIFEST ...           generate alignment targets with the frozen LLM
+  train MANIFEST --out DIR ...   train the speech adapter
+  train-ser MANIFEST --out DIR   train the standalone SER model (openSMILE + linear)
+
+Each command accepts --help."""
+
+
+def quiet_libraries() -> None:
+    """Keep stdout clean for JSON and stderr to one line per problem."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("bitsandbytes", "transformers", "faster_whisper", "httpx", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def respond_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semollama_core respond",
+                                     description="Answer one clip with speech_llm, text_only and cascade; print JSON.")
+    parser.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")
+    parser.add_argument("--transcript", help="use this transcript instead of ASR")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), default=None)
+    args = parser.parse_args(argv)
+    from .audio import load_audio
+    from .config import SEmoConfig
+
+    config = SEmoConfig.from_env(quantization=args.quantization)
+    load_audio(args.audio, max_duration_s=config.max_audio_s)  # bad input fails before models load
+    from .pipeline import load_system
+
+    system = load_system(config)
+    result = system.respond(args.audio, transcript=args.transcript, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature)
+    print(json.dumps(result.to_json_dict(), ensure_ascii=False))
+    return 0
+
+
+COMMANDS = {
+    "respond": ("semollama_core.__main__", "respond_main"),
+    "synth": ("semollama_core.synth", "main"),
+    "targets": ("semollama_core.targets", "main"),
+    "train": ("semollama_core.train", "main"),
+    "train-ser": ("semollama_core.standalone_ser", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; try --help", file=sys.stderr)
+        return 2
+    quiet_libraries()
+    import importlib
+
+    module_name, func = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+        return int(getattr(module, func)(rest) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

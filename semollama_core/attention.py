@@ -1,0 +1,89 @@
+"""Attention capture for one generation: from every generated token to every input position.
+
+The fast (SDPA) path returns no weights, so after a normal greedy generation we run one
+teacher-forced forward pass over prompt + answer with eager attention (whisper's caution).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .embeds import SEGMENT_GENERATED, SEGMENT_INSTRUCTION, SEGMENT_SPEECH, SEGMENT_SYSTEM
+from .generation import DecodingOptions, generate_ids
+
+
+@dataclass(frozen=True)
+class AttentionCapture:
+    attentions: np.ndarray          # [layers, heads, generated, positions] float32; rows sum to 1
+    segments: list[str]             # per position: system / speech / instruction / generated
+    input_tokens: list[str]         # per position; speech positions are "<speech i>"
+    generated_tokens: list[str]
+    speech_span: tuple[int, int]
+    text: str
+
+    def speech_share(self) -> np.ndarray:
+        """Attention mass on speech positions, [layers, heads, generated]."""
+        start, end = self.speech_span
+        return self.attentions[..., start:end].sum(-1)
+
+    def save_npz(self, path: str | Path) -> Path:
+        np.savez_compressed(path, attentions=self.attentions, segments=np.array(self.segments),
+                            input_tokens=np.array(self.input_tokens),
+                            generated_tokens=np.array(self.generated_tokens),
+                            speech_span=np.array(self.speech_span), text=np.array(self.text))
+        return Path(path)
+
+
+def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None = None,
+                      system_prompt: str | None = None, features=None) -> AttentionCapture:
+    from .pipeline import PromptInput
+
+    options = options or DecodingOptions(max_new_tokens=system.config.max_new_tokens)
+    features = features if features is not None else system.features(audio)
+    prompt = PromptInput("speech_llm", features)
+    batch = system.encode_prompts([prompt], system_prompt=system_prompt)
+    generated = generate_ids(system.llm.model, batch.inputs_embeds, batch.attention_mask, system.stop_ids, options)[0]
+    if not generated:
+        generated = [system.stop_ids[0]]
+    answer = torch.tensor(generated, device=batch.inputs_embeds.device)
+    embeds = torch.cat([batch.inputs_embeds[0], system.llm.embed_tokens(answer).to(batch.inputs_embeds.dtype)])
+    prompt_len = batch.inputs_embeds.shape[1]
+    weights = _eager_attentions(system.llm.model, embeds[None])
+    rows = slice(prompt_len - 1, prompt_len - 1 + len(generated))
+    attn = np.stack([w[0, :, rows, :].float().cpu().numpy() for w in weights])  # [L, H, G, P]
+    segments, tokens = _label_positions(system, prompt, batch.speech_spans[0], prompt_len, generated)
+    gen_tokens = [system.tokenizer.decode([t]) for t in generated]
+    return AttentionCapture(attn.astype(np.float32), segments, tokens, gen_tokens, batch.speech_spans[0],
+                            system.tokenizer.decode(generated, skip_special_tokens=True).strip())
+
+
+@torch.inference_mode()
+def _eager_attentions(model, embeds: torch.Tensor):
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out = model(inputs_embeds=embeds, output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(previous)
+    return out.attentions
+
+
+def _label_positions(system, prompt, span, prompt_len, generated):
+    from . import prompts
+
+    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task), system.config.system_prompt)
+    prefix_ids = system._ids(parts.prefix)
+    suffix_ids = system._ids(parts.suffix)
+    system_turn = prompts.render_chat(system.tokenizer, "", system.config.system_prompt).split("<|im_start|>user")[0]
+    system_end = min(len(system._ids(system_turn)), len(prefix_ids))
+    start, end = span
+    segments = ([SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (len(prefix_ids) - system_end)
+                + [SEGMENT_SPEECH] * (end - start) + [SEGMENT_INSTRUCTION] * len(suffix_ids)
+                + [SEGMENT_GENERATED] * (len(generated) - 1))
+    tokens = ([system.tokenizer.decode([t]) for t in prefix_ids] + [f"<speech {i}>" for i in range(end - start)]
+              + [system.tokenizer.decode([t]) for t in suffix_ids]
+              + [system.tokenizer.decode([t]) for t in generated[:-1]])
+    return segments, tokens

@@ -1,0 +1,159 @@
+"""Alignment targets: what the frozen LLM answers when the text states the emotion.
+
+For every (transcript, emotion) the main target is the greedy answer to the
+emotion-conditioned prompt; ASR, SER and speaking-style captioning targets follow the
+paper's further tasks; emotion-free answers serve the neutral_aligned ablation. Targets
+are cached under a fingerprint of the LLM, prompts and decoding settings, appended batch
+by batch so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import prompts
+from .generation import DecodingOptions
+
+TASKS_EMOTION = ("respond", "ser", "asr", "caption")   # the speech_llm encoder's tasks
+TASKS_NEUTRAL = ("respond_neutral", "asr")             # AudioChatLlama-style, no emotion anywhere
+TARGET_DECODING = DecodingOptions(max_new_tokens=40)    # greedy; part of the cache fingerprint
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One text prompt whose greedy answer is a target; `key` identifies it in the cache."""
+    task: str
+    key: str
+    user_turn: str
+    assistant_start: str = ""
+
+
+def target_key(task: str, transcript: str, emotion: str | None = None, prosody: str | None = None) -> str:
+    return json.dumps([task, " ".join(transcript.split()), emotion, prosody], ensure_ascii=False)
+
+
+def prosody_phrase(emotion: str, describe: dict) -> str:
+    """Coarse words for the measured prosody; the caption target is conditioned on them."""
+    rng = describe.get("f0_range_st", 0.0)
+    pitch = "a wide, lively pitch range" if rng > 7 else "a flat, narrow pitch range" if rng < 3.5 else "a moderate pitch range"
+    pace = {"happy": "a quick pace", "angry": "a fast, forceful pace", "sad": "a slow pace"}.get(emotion, "an even pace")
+    loud = {"angry": "a loud, tense voice", "sad": "a soft, quiet voice", "happy": "a bright voice"}.get(emotion, "a steady voice")
+    return f"{pitch}, {pace} and {loud}"
+
+
+def specs_for(transcript: str, emotion: str, prosody: str | None, tasks: tuple[str, ...]) -> list[TargetSpec]:
+    out = []
+    for task in tasks:
+        if task == "respond":
+            out.append(TargetSpec(task, target_key(task, transcript, emotion), prompts.text_turn(transcript, emotion)))
+        elif task == "respond_neutral":
+            out.append(TargetSpec(task, target_key(task, transcript), prompts.text_turn(transcript)))
+        elif task == "ser":
+            out.append(TargetSpec(task, target_key(task, transcript, emotion), prompts.ser_text_turn(transcript, emotion),
+                                  f"{prompts.SER_ANSWER_PREFIX} {emotion}"))
+        elif task == "caption":
+            out.append(TargetSpec(task, target_key(task, transcript, emotion, prosody),
+                                  prompts.caption_text_turn(transcript, emotion, prosody or "")))
+        elif task != "asr":  # ASR's answer is the transcript itself
+            raise ValueError(f"Unknown alignment task {task!r}.")
+    return out
+
+
+def fingerprint(llm_name: str, quantization: str, system_prompt: str | None, options: DecodingOptions) -> str:
+    """Changes whenever the LLM, the prompts or the decoding settings change."""
+    parts = [llm_name, quantization, system_prompt or prompts.DEFAULT_SYSTEM_PROMPT,
+             inspect.getsource(prompts), json.dumps(asdict(options), sort_keys=True)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class TargetCache:
+    """Append-only JSONL of {key, task, text}; lines from a crashed write are ignored."""
+
+    def __init__(self, folder: str | os.PathLike, fp: str):
+        self.path = Path(folder) / f"targets-{fp}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.targets: dict[str, str] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.targets[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError):
+                    continue
+
+    def add(self, rows: list[tuple[TargetSpec, str]]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for spec, text in rows:
+                f.write(json.dumps({"key": spec.key, "task": spec.task, "text": text}, ensure_ascii=False) + "\n")
+                self.targets[spec.key] = text
+            f.flush()
+            os.fsync(f.fileno())
+
+    def get(self, key: str) -> str | None:
+        return self.targets.get(key)
+
+
+def generate_targets(system, specs: list[TargetSpec], cache: TargetCache, options: DecodingOptions,
+                     batch_size: int = 32) -> None:
+    from .pipeline import PromptInput
+
+    todo = sorted({s.key: s for s in specs if cache.get(s.key) is None}.values(), key=lambda s: (s.assistant_start, len(s.user_turn)))
+    bar = tqdm(total=len(todo), desc="targets", unit="prompt")
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        by_start: dict[str, list[TargetSpec]] = {}
+        for spec in batch:
+            by_start.setdefault(spec.assistant_start, []).append(spec)
+        for assistant_start, group in by_start.items():
+            # A text prompt is a text_only PromptInput whose instruction is empty and whose
+            # transcript is the whole user turn.
+            inputs = [PromptInput("text_only", transcript=s.user_turn, instruction="") for s in group]
+            texts = system.generate(inputs, options, assistant_start=assistant_start)
+            cache.add([(s, (s.assistant_start + " " + t).strip() if s.assistant_start else t)
+                       for s, t in zip(group, texts)])
+            bar.update(len(group))
+    bar.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semollama_core targets",
+                                     description="Generate alignment targets with the frozen LLM (cached, resumable).")
+    parser.add_argument("manifest")
+    parser.add_argument("--out", required=True, help="target cache folder")
+    parser.add_argument("--splits", default="train,dev")
+    parser.add_argument("--tasks", default=",".join(TASKS_EMOTION + ("respond_neutral",)))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=TARGET_DECODING.max_new_tokens)
+    parser.add_argument("--quantization", default="none", choices=("nf4", "int8", "none"))
+    args = parser.parse_args(argv)
+    from .config import SEmoConfig
+    from .pipeline import load_system
+
+    config = SEmoConfig.from_env(quantization=args.quantization, adapter=None)
+    system = load_system(config)
+    options = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    cache = TargetCache(args.out, fingerprint(config.llm, config.quantization, config.system_prompt, options))
+    specs = collect_specs(args.manifest, args.splits.split(","), tuple(args.tasks.split(",")))
+    generate_targets(system, specs, cache, options, args.batch_size)
+    print(json.dumps({"cache": str(cache.path), "targets": len(cache.targets), "specs": len(specs)}))
+    return 0
+
+
+def collect_specs(manifest: str, splits: list[str], tasks: tuple[str, ...]) -> list[TargetSpec]:
+    from .audio import load_audio
+    from .data import iter_manifest
+    from .prosody import describe_prosody
+
+    specs = []
+    for utt in iter_manifest(manifest, require_emotion=True):
+        if utt.split in splits and utt.transcript:
+            phrase = prosody_phrase(utt.emotion, describe_prosody(load_audio(utt.audio_path))) if "caption" in tasks else None
+            specs += specs_for(utt.transcript, utt.emotion, phrase, tasks)
+    return specs

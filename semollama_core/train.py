@@ -1,0 +1,406 @@
+"""Behavioural alignment: train the speech adapter through the frozen LLM.
+
+Loss: cross-entropy on response tokens only (the LM head runs only where there are
+labels), optionally plus KL to the teacher, the same frozen LLM reading the
+emotion-conditioned text prompt. Runs on CPU, one GPU, or many via `accelerate launch`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import prompts
+from .adapter import SpeechAdapter, save_adapter
+from .encoder import SpeechFeatures, speech_embeddings
+from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
+                      prosody_phrase, specs_for)
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    mode: str = "emotion"              # "emotion" (speech_llm) or "neutral" (neutral_aligned ablation)
+    steps: int = 600
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    kl_weight: float = 0.0             # > 0 adds KL to the teacher's next-token distributions
+    task_weights: str = "respond:0.35,ser:0.35,asr:0.15,caption:0.15"
+    eval_every: int = 100
+    save_every: int = 100
+    dev_limit: int = 64
+    max_target_tokens: int = 40
+    seed: int = 0
+    mixed_precision: str = "no"        # "bf16" on GPU
+    quantization: str = "none"         # LLM precision during training (nf4 works too, slower)
+
+    def weights(self) -> dict[str, float]:
+        out = {}
+        for part in self.task_weights.split(","):
+            name, _, w = part.partition(":")
+            out[name.strip()] = float(w or 1)
+        allowed = TASKS_EMOTION if self.mode == "emotion" else TASKS_NEUTRAL
+        if self.mode == "neutral":
+            out = {"respond_neutral": 0.7, "asr": 0.3}
+        unknown = set(out) - set(allowed)
+        if unknown:
+            raise ValueError(f"Tasks {sorted(unknown)} are not part of {self.mode} alignment ({allowed}).")
+        return out
+
+
+@dataclass
+class Example:
+    clip: int
+    task: str
+    target: str
+    transcript: str
+    emotion: str
+
+
+# ----- data ------------------------------------------------------------------------------
+def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) -> dict[str, list]:
+    """Frozen features for every clip (cached on disk, fp16), with utterance metadata."""
+    from .audio import load_audio
+    from .data import iter_manifest
+    from .encoder import extract_features
+    from .prosody import describe_prosody
+
+    out: dict[str, list] = {s: [] for s in splits}
+    utts = [u for u in iter_manifest(manifest, require_emotion=True) if u.split in splits]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for utt in tqdm(utts, desc="features", unit="clip"):
+        key = _feature_key(utt.audio_path)
+        path = cache_dir / f"{key}.npz"
+        if path.exists():
+            data = np.load(path)
+            states, prosody, describe = data["states"], data["prosody"], json.loads(str(data["describe"]))
+        else:
+            audio = load_audio(utt.audio_path)
+            feats = extract_features(system.backbone, audio)
+            states, prosody, describe = feats.backbone_states.astype(np.float16), feats.prosody, describe_prosody(audio)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, states=states, prosody=prosody, describe=json.dumps(describe))
+            tmp.replace(path)
+        out[utt.split].append((utt, SpeechFeatures(states, prosody), describe))
+    return out
+
+
+def _feature_key(path: Path) -> str:
+    import hashlib
+
+    stat = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...]) -> list[Example]:
+    examples = []
+    for i, (utt, _, describe) in enumerate(clips):
+        transcript = " ".join(utt.transcript.split())
+        for task in tasks:
+            if task == "asr":
+                target = transcript
+            else:
+                phrase = prosody_phrase(utt.emotion, describe) if task == "caption" else None
+                spec = specs_for(transcript, utt.emotion, phrase, (task,))[0]
+                target = cache.get(spec.key)
+                if target is None:
+                    continue
+            examples.append(Example(i, task, target, transcript, utt.emotion))
+    return examples
+
+
+def needed_specs(clips: list, tasks: tuple[str, ...]):
+    specs = []
+    for utt, _, describe in clips:
+        phrase = prosody_phrase(utt.emotion, describe)
+        specs += specs_for(utt.transcript, utt.emotion, phrase, tasks)
+    return specs
+
+
+# ----- the loss --------------------------------------------------------------------------
+class AlignmentBatcher:
+    """Turns examples into [prefix | speech | suffix | target] rows with labels on the target."""
+
+    def __init__(self, system, max_target_tokens: int):
+        self.system = system
+        self.tokenizer = system.tokenizer
+        self.end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if not isinstance(self.end_id, int) or self.end_id == self.tokenizer.unk_token_id:
+            self.end_id = self.tokenizer.eos_token_id
+        self.max_target_tokens = max_target_tokens
+        self._parts: dict[str, tuple[list[int], list[int]]] = {}
+
+    def parts(self, task: str) -> tuple[list[int], list[int]]:
+        if task not in self._parts:
+            speech_task = "respond" if task == "respond_neutral" else task
+            chat = prompts.split_speech_chat(self.tokenizer, prompts.speech_turn(speech_task),
+                                             self.system.config.system_prompt)
+            self._parts[task] = (self.system._ids(chat.prefix), self.system._ids(chat.suffix))
+        return self._parts[task]
+
+    def target_ids(self, text: str) -> list[int]:
+        return self.system._ids(text)[: self.max_target_tokens] + [self.end_id]
+
+    def rows(self, examples: list[Example], speech: list[torch.Tensor]):
+        embed = self.system.llm.embed_tokens
+        device = embed.weight.device
+        rows, label_rows = [], []
+        for ex, sp in zip(examples, speech):
+            prefix, suffix = self.parts(ex.task)
+            target = self.target_ids(ex.target)
+            with torch.no_grad():
+                text = embed(torch.tensor(prefix + suffix + target, device=device))
+            sp = sp.to(text.dtype)
+            row = torch.cat([text[: len(prefix)], sp, text[len(prefix):]])
+            labels = [IGNORE] * (len(prefix) + sp.shape[0] + len(suffix)) + target
+            rows.append(row)
+            label_rows.append(labels)
+        return _right_pad(rows, label_rows, device)
+
+
+def _right_pad(rows, label_rows, device):
+    longest = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[1])
+    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=device)
+    for i, (row, lab) in enumerate(zip(rows, label_rows)):
+        embeds[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = 1
+        labels[i, : len(lab)] = torch.tensor(lab, device=device)
+    return embeds, mask, labels
+
+
+def response_logits(model, embeds, mask, labels):
+    """Logits only at positions that predict a label (the LM head skips the prompt)."""
+    hidden = model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    shifted = labels[:, 1:]
+    where = shifted != IGNORE
+    logits = model.lm_head(hidden[:, :-1][where]).float()
+    return logits, shifted[where]
+
+
+def teacher_logits(system, batcher, examples: list[Example]) -> torch.Tensor:
+    """The frozen LLM on the emotion-conditioned text prompt, at the same target tokens."""
+    from .embeds import splice_speech
+
+    prefixes, suffixes, empties, label_rows = [], [], [], []
+    for ex in examples:
+        text = prompts.render_chat(system.tokenizer, _teacher_turn(ex), system.config.system_prompt)
+        ids = system._ids(text)
+        target = batcher.target_ids(ex.target)
+        prefixes.append(ids + target)
+        suffixes.append([])
+        empties.append(torch.zeros(0, system.llm.hidden_size))
+        label_rows.append([IGNORE] * len(ids) + target)
+    with torch.no_grad():
+        batch = splice_speech(prefixes, empties, suffixes, system.llm.embed_tokens)
+        labels = torch.full(batch.attention_mask.shape, IGNORE, dtype=torch.long, device=batch.attention_mask.device)
+        for i, lab in enumerate(label_rows):
+            labels[i, labels.shape[1] - len(lab):] = torch.tensor(lab)
+        logits, _ = response_logits(system.llm.model, batch.inputs_embeds, batch.attention_mask, labels)
+    return logits
+
+
+def _teacher_turn(ex: Example) -> str:
+    if ex.task == "ser":
+        return prompts.ser_text_turn(ex.transcript, ex.emotion)
+    if ex.task == "asr":
+        return f"{prompts.text_turn(ex.transcript, ex.emotion)}\n{prompts.TASK_INSTRUCTIONS['asr']}"
+    return prompts.text_turn(ex.transcript, None if ex.task == "respond_neutral" else ex.emotion)
+
+
+def alignment_loss(system, adapter, batcher, examples, features, options: TrainOptions, device):
+    speech = speech_embeddings(adapter, [features[ex.clip] for ex in examples], device)
+    embeds, mask, labels = batcher.rows(examples, speech)
+    logits, targets = response_logits(system.llm.model, embeds, mask, labels)
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    stats = {"ce": float(loss)}
+    if options.kl_weight > 0 and options.mode == "emotion":
+        teacher = teacher_logits(system, batcher, examples)
+        kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(teacher, -1),
+                                        log_target=True, reduction="batchmean")
+        loss = loss + options.kl_weight * kl
+        stats["kl"] = float(kl)
+    return loss, stats
+
+
+# ----- evaluation during training ---------------------------------------------------------
+@torch.no_grad()
+def dev_metrics(system, adapter, batcher, dev_clips, dev_examples, options: TrainOptions, device) -> dict:
+    from .pipeline import PromptInput
+
+    adapter.eval()
+    system.adapter = adapter
+    out = {}
+    if options.mode == "emotion" and dev_clips:
+        labels = tuple(system.config.labels)
+        clips = dev_clips[: options.dev_limit]
+        preds = []
+        for i in range(0, len(clips), 16):
+            preds += system.predict_emotions([PromptInput("speech_llm", f) for _, f, _ in clips[i:i + 16]], labels)
+        truth = [u.emotion for u, _, _ in clips]
+        out["dev_ser_ua"] = unweighted_accuracy(truth, [p.label for p in preds], labels)
+    nll = []
+    for i in range(0, min(len(dev_examples), options.dev_limit), options.batch_size):
+        batch = dev_examples[i:i + options.batch_size]
+        loss, _ = alignment_loss(system, adapter, batcher, batch, [f for _, f, _ in dev_clips], options, device)
+        nll.append(float(loss))
+    out["dev_nll"] = float(np.mean(nll)) if nll else float("nan")
+    adapter.train()
+    return out
+
+
+def unweighted_accuracy(truth: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:
+    recalls = []
+    for label in labels:
+        idx = [i for i, t in enumerate(truth) if t == label]
+        if idx:
+            recalls.append(sum(predicted[i] == label for i in idx) / len(idx))
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+# ----- the loop ----------------------------------------------------------------------------
+def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: str | None = None,
+          resume: bool = False, config=None) -> Path:
+    from accelerate import Accelerator
+
+    from .config import SEmoConfig
+    from .llm import assert_frozen
+    from .pipeline import SEmoLlama
+
+    accelerator = Accelerator(gradient_accumulation_steps=options.grad_accum,
+                              mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
+    device = str(accelerator.device)
+    random.seed(options.seed), np.random.seed(options.seed), torch.manual_seed(options.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = (config or SEmoConfig.from_env()).replace(quantization=options.quantization, adapter=None, device=device)
+    system = SEmoLlama(config)
+    tasks = tuple(options.weights())
+    clips = load_clips(manifest, ("train", "dev"), system, Path(targets_dir or out) / "features")
+    decoding = TARGET_DECODING
+    cache = TargetCache(targets_dir or out, fingerprint(config.llm, config.quantization, config.system_prompt, decoding))
+    generate_targets(system, needed_specs(clips["train"] + clips["dev"], tuple(t for t in tasks if t != "asr")),
+                     cache, decoding)
+    train_ex = build_examples(clips["train"], cache, tasks)
+    dev_ex = build_examples(clips["dev"], cache, tasks)
+    random.Random(1).shuffle(dev_ex)
+    if not train_ex:
+        raise ValueError(f"{manifest} has no training examples (split 'train' with transcripts and emotions).")
+    adapter = system.adapter
+    adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
+                                                "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3"})
+    adapter.train()
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / options.warmup) *
+                                                 0.5 * (1 + math.cos(math.pi * min(1.0, s / options.steps))))
+    adapter, optimizer, schedule = accelerator.prepare(adapter, optimizer, schedule)
+    start_step = 0
+    state_dir = out / "checkpoint"
+    if resume and (state_dir / "trainer.json").exists():
+        accelerator.load_state(str(state_dir))
+        start_step = json.loads((state_dir / "trainer.json").read_text())["step"]
+    batcher = AlignmentBatcher(system, options.max_target_tokens)
+    sampler = _task_sampler(train_ex, options.weights(), options.seed + start_step)
+    train_features = [f for _, f, _ in clips["train"]]
+    log_path = out / "log.csv"
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if start_step == 0:
+        writer.writerow(["step", "loss", "ce", "kl", "lr", "dev_ser_ua", "dev_nll", "elapsed_s"])
+    started = time.time()
+    bar = tqdm(range(start_step, options.steps), desc=f"train[{options.mode}]", unit="step", initial=start_step,
+               total=options.steps, disable=not accelerator.is_local_main_process)
+    for step in bar:
+        examples = [next(sampler) for _ in range(options.batch_size)]
+        with accelerator.accumulate(adapter):
+            loss, stats = alignment_loss(system, accelerator.unwrap_model(adapter), batcher, examples,
+                                         train_features, options, device)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(adapter.parameters(), 1.0)
+            optimizer.step(), schedule.step(), optimizer.zero_grad()
+        assert_frozen(system.llm.model)
+        row = {"step": step + 1, "loss": float(loss), **stats, "lr": schedule.get_last_lr()[0]}
+        if (step + 1) % options.eval_every == 0 or step + 1 == options.steps:
+            row.update(dev_metrics(system, accelerator.unwrap_model(adapter), batcher, clips["dev"], dev_ex, options, device))
+        writer.writerow([row.get(k, "") for k in ("step", "loss", "ce", "kl", "lr", "dev_ser_ua", "dev_nll")]
+                        + [round(time.time() - started, 1)])
+        log.flush()
+        bar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in row.items() if k.startswith("dev")})
+        if (step + 1) % options.save_every == 0 or step + 1 == options.steps:
+            accelerator.save_state(str(state_dir))
+            (state_dir / "trainer.json").write_text(json.dumps({"step": step + 1}))
+            save_adapter(accelerator.unwrap_model(adapter), out / "adapter")
+    log.close()
+    plot_loss_curve(log_path, out / "loss_curve.png")
+    (out / "train_options.json").write_text(json.dumps(asdict(options), indent=2))
+    (out / "semollama_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    return out / "adapter"
+
+
+def _task_sampler(examples: list[Example], weights: dict[str, float], seed: int):
+    rng = random.Random(seed)
+    by_task: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_task.setdefault(ex.task, []).append(ex)
+    tasks = [t for t in weights if t in by_task]
+    w = [weights[t] for t in tasks]
+    while True:
+        task = rng.choices(tasks, w)[0]
+        yield rng.choice(by_task[task])
+
+
+def plot_loss_curve(log_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(log_path)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(steps, [float(r["loss"]) for r in rows], lw=0.6, label="train loss")
+    dev = [(int(r["step"]), float(r["dev_nll"])) for r in rows if r.get("dev_nll")]
+    if dev:
+        ax[0].plot(*zip(*dev), "o-", label="dev NLL")
+    ax[0].set_xlabel("step"), ax[0].legend(), ax[0].set_title("alignment loss")
+    ua = [(int(r["step"]), float(r["dev_ser_ua"])) for r in rows if r.get("dev_ser_ua")]
+    if ua:
+        ax[1].plot(*zip(*ua), "o-")
+    ax[1].set_ylim(0, 1), ax[1].set_xlabel("step"), ax[1].set_title("dev SER UA (label scoring)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semollama_core train",
+                                     description="Align the speech adapter to the frozen LLM (behavioural alignment).")
+    parser.add_argument("manifest", help="manifest with train and dev splits")
+    parser.add_argument("--out", required=True, help="run folder: adapter/, checkpoint/, log.csv, loss_curve.png")
+    parser.add_argument("--targets", default=None, help="shared folder for target and feature caches (default: --out)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    for f in TrainOptions.__dataclass_fields__.values():
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    options = TrainOptions(**{k: getattr(args, k) for k in TrainOptions.__dataclass_fields__})
+    if options.mode not in ("emotion", "neutral"):
+        raise ValueError("--mode must be emotion or neutral.")
+    adapter = train(args.manifest, args.out, options, targets_dir=args.targets, resume=args.resume)
+    print(json.dumps({"adapter": str(adapter)}))
+    return 0

@@ -1,0 +1,71 @@
+"""About: the paper, the models, the shipped checkpoint and its measured metrics, the limits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from semollama_core.config import ASSETS, SEmoConfig
+
+from .backend import markdown_text
+
+PAPER = """\
+## SEmoLlama
+
+An open, runnable implementation of **Kang et al., “Frozen Large Language Models Can Perceive
+Paralinguistic Aspects of Speech”** ([arXiv 2410.01162](https://arxiv.org/abs/2410.01162),
+Interspeech 2025; the system is called SpeechEmotionLlama there).
+
+A speech encoder turns your voice into vectors that stand where text would in the chat prompt of a
+**frozen** instruction-tuned LLM. The encoder is trained by *behavioural alignment*: given only the
+speech, the LLM should answer what it answers to the transcript **with the emotion stated**. The
+LLM's weights never change, so the same model can also answer text, and the speech tokens must carry
+both what was said and how.
+
+**What the tabs compare**
+- *SEmoLlama*: speech embeddings from the trained encoder → frozen LLM.
+- *Text-only*: the Whisper transcript → frozen LLM (the words alone, no emotion).
+- *Cascade*: the transcript plus a label from a standalone speech emotion model (openSMILE eGeMAPS
+  features + a linear classifier) → the emotion-conditioned text prompt → frozen LLM.
+"""
+
+LIMITS = """\
+## Honest limits
+- The embedded models are tiny so that the demo runs offline on a CPU: SmolLM2-135M-Instruct (4-bit)
+  writes short, sometimes odd answers; Whisper tiny.en makes transcription errors and knows only English.
+  The paper used Llama 3 8B Instruct and a 1B-parameter Conformer trained on 2,500 hours of speech.
+- The default encoder is trained on **synthetic** acted speech (espeak-style voices with the emotion
+  conventions of the vocal-affect literature), in four classes: neutral, happy, sad, angry. Real,
+  spontaneous emotion is subtler and more varied; expect much lower accuracy on it.
+- Emotion probabilities are the LLM's label scores after a softmax, not calibrated confidences.
+- Attention maps show where the model looks, not why it answers as it does.
+- Nothing here is a tool for judging people's feelings: do not use it to make decisions about anyone.
+"""
+
+
+def model_card(path: Path = ASSETS / "speech_llm" / "README.md") -> str:
+    """The shipped checkpoint's card (training data and measured metrics), if there is one."""
+    if not path.is_file():
+        return ("## The shipped checkpoint\nNo trained checkpoint is shipped with this copy "
+                f"(no model card at assets/speech_llm/README.md): SEmoLlama runs a freshly initialised "
+                "encoder, so its answers and emotion scores are noise. Train one and restart the app.")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.startswith("---"):  # drop the Hub's YAML front matter
+        parts = text.split("---", 2)
+        text = parts[2] if len(parts) == 3 else text
+    return "## The shipped checkpoint\n" + text.strip()
+
+
+def configuration_markdown(config: SEmoConfig) -> str:
+    return ("## The models in this app\n"
+            f"- Frozen LLM: {markdown_text(config.llm)}, quantization {markdown_text(config.quantization)}\n"
+            f"- Speech backbone: {markdown_text(config.backbone)} (frozen) and ASR: {markdown_text(config.asr)}\n"
+            f"- Encoder (adapter) checkpoint: {markdown_text(config.adapter)}\n"
+            f"- Emotion labels: {markdown_text(', '.join(config.labels))}")
+
+
+def build_about_tab(config: SEmoConfig) -> None:
+    gr.Markdown(PAPER)
+    gr.Markdown(configuration_markdown(config))
+    gr.Markdown(model_card(), elem_id="about-model-card")
+    gr.Markdown(LIMITS)

@@ -1,0 +1,228 @@
+"""What the app's tabs share: settings, the one read-only system, the ratings store, the
+bundled examples, and a scratch folder for downloads. No gradio here: handlers in the
+tab modules are plain functions over a `Backend`; only their wrappers touch gradio.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from semollama_core.config import REPO_ROOT
+from semollama_core.data import Utterance, read_manifest
+
+EXAMPLES_MANIFEST = "examples.jsonl"
+SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can go after an hour
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    # Folder with examples.jsonl and its clips; a missing folder just means no examples.
+    examples_dir: str = str(REPO_ROOT / "assets" / "examples")
+    # Ratings database URL; None lets RatingStore use SEMOLLAMA_RATINGS_URL or SQLite in the data dir.
+    ratings_url: str | None = None
+    # Guards the ratings export and results; None leaves them open (RatingStore reads the env).
+    admin_password: str | None = None
+    # Show the transcript to annotators (off: they judge from the audio alone).
+    show_transcript: bool = False
+    # Rating set the Rate tab serves; None builds one from the bundled examples.
+    rating_set: str | None = None
+    # Hugging Face dataset repo that ratings can be pushed to (needs HF_TOKEN in the env).
+    hf_dataset: str | None = None
+    # Upload limit for every file (audio, manifests, zips), in MB.
+    max_upload_mb: int = 100
+    # Waiting requests before the queue refuses more (protects the CPU).
+    queue_size: int = 16
+
+    @classmethod
+    def from_env(cls) -> "AppSettings":
+        return cls(
+            examples_dir=os.environ.get("SEMOLLAMA_EXAMPLES_DIR") or cls.examples_dir,
+            ratings_url=os.environ.get("SEMOLLAMA_RATINGS_URL") or None,
+            admin_password=os.environ.get("SEMOLLAMA_ADMIN_PASSWORD") or None,
+            show_transcript=_env_flag("SEMOLLAMA_SHOW_TRANSCRIPT"),
+            rating_set=os.environ.get("SEMOLLAMA_RATING_SET") or None,
+            hf_dataset=os.environ.get("SEMOLLAMA_HF_DATASET") or None,
+            max_upload_mb=_env_int("SEMOLLAMA_MAX_UPLOAD_MB", cls.max_upload_mb),
+            queue_size=_env_int("SEMOLLAMA_QUEUE_SIZE", cls.queue_size),
+        )
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str          # file name inside the examples folder
+    path: Path
+    emotion: str | None
+    transcript: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.emotion or 'unlabelled'}: {self.transcript or self.name}"
+
+
+def markdown_text(text: Any) -> str:
+    """Text made inert for gr.Markdown: HTML escaped, then Markdown syntax escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class Backend:
+    """Loads the system once (lazily, thread-safe) and hands out shared read-only things."""
+
+    def __init__(self, system_factory: Callable[[], Any], settings: AppSettings | None = None):
+        self.settings = settings or AppSettings.from_env()
+        self._system_factory = system_factory
+        self._system = None
+        self._store = None
+        self._lock = threading.Lock()
+        self._rating_lock = threading.Lock()
+        self._rating_set_name: str | None = self.settings.rating_set
+        self.scratch = Path(tempfile.mkdtemp(prefix="semollama-app-"))
+
+    # ----- shared models and stores -----------------------------------------------------
+    @property
+    def system(self):
+        if self._system is None:
+            with self._lock:
+                if self._system is None:
+                    self._system = self._system_factory()
+        return self._system
+
+    @property
+    def system_loaded(self) -> bool:
+        return self._system is not None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from semollama_core.ratings import RatingStore
+
+            with self._lock:
+                if self._store is None:
+                    self._store = RatingStore(self.settings.ratings_url,
+                                              admin_password=self.settings.admin_password)
+        return self._store
+
+    # ----- examples ---------------------------------------------------------------------
+    @property
+    def examples_dir(self) -> Path:
+        return Path(self.settings.examples_dir)
+
+    def examples(self) -> list[Example]:
+        """The bundled examples; an absent folder or listing gives none, a broken one raises."""
+        manifest = self.examples_dir / EXAMPLES_MANIFEST
+        if not manifest.is_file():
+            return []
+        return [self._example(u) for u in read_manifest(manifest)]
+
+    def _example(self, utterance: Utterance) -> Example:
+        name = utterance.audio_path.relative_to(self.examples_dir.resolve()).as_posix() \
+            if utterance.audio_path.is_relative_to(self.examples_dir.resolve()) else utterance.audio_path.name
+        return Example(name, utterance.audio_path, utterance.emotion, utterance.transcript)
+
+    def example_path(self, name: str) -> Path:
+        """The file of one example by name; refuses anything not listed (no path tricks)."""
+        for example in self.examples():
+            if example.name == name:
+                return example.path
+        raise ValueError(f"No bundled example named {name!r}.")
+
+    # ----- the rating set ---------------------------------------------------------------
+    def rating_set(self, progress: Callable[[int, int], None] | None = None) -> str:
+        """Name of the rating set to serve; built once from the examples if none is set."""
+        if self._rating_set_name is not None:
+            return self._rating_set_name
+        with self._rating_lock:
+            if self._rating_set_name is None:
+                self._rating_set_name = self._build_example_rating_set(progress)
+        return self._rating_set_name
+
+    def _build_example_rating_set(self, progress) -> str:
+        examples = self.examples()
+        if not examples:
+            raise ValueError("No rating set: the bundled examples are missing "
+                             f"({self.examples_dir / EXAMPLES_MANIFEST}); set SEMOLLAMA_RATING_SET.")
+        name = self._example_set_name(examples)
+        if name in self.store.rating_sets():
+            return name
+        items = []
+        for done, example in enumerate(examples):
+            if progress:
+                progress(done, len(examples))
+            result = self.system.respond(str(example.path))
+            items.append({"audio": example.name, "emotion": example.emotion or "",
+                          "transcript": example.transcript or result.transcript,
+                          "responses": dict(result.responses), "item_id": f"ex-{done}"})
+        self.store.add_rating_set(name, items)
+        return name
+
+    def _example_set_name(self, examples: list[Example]) -> str:
+        """Named after what made the responses, so a new checkpoint gets a fresh set."""
+        described = self.system.describe()
+        key = json.dumps([[e.name, e.emotion, e.transcript] for e in examples]
+                         + [described.get("llm"), described.get("adapter"), self.system.config.max_new_tokens],
+                         sort_keys=True, default=str)
+        return "examples-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def rating_audio_path(self, audio: str) -> Path | None:
+        """Where a rating item's audio lives: inside the examples folder only."""
+        root = self.examples_dir.resolve()
+        path = (root / audio).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            return path
+        return None
+
+    # ----- scratch files ----------------------------------------------------------------
+    def scratch_path(self, stem: str, suffix: str) -> Path:
+        """A fresh path for a download; old downloads are pruned on the way."""
+        now = time.time()
+        for old in self.scratch.iterdir():
+            try:
+                if now - old.stat().st_mtime > SCRATCH_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        folder = self.scratch / uuid.uuid4().hex[:12]
+        folder.mkdir()
+        return folder / f"{stem}{suffix}"
+
+
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call write(tmp) then move tmp onto path, so no half-written download is ever served."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,37 @@
+"""Gradio glue shared by the tabs: user errors become one clear message, not a crash."""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable
+
+import gradio as gr
+
+from .backend import one_line
+
+# Events that run the models share one slot: two CPU cores cannot run two at once usefully.
+MODEL_CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Bad input (any ValueError: audio, manifest, rating, archive) shows gr.Error's one line."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except ValueError as error:
+                raise gr.Error(one_line(error)) from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as error:
+            raise gr.Error(one_line(error)) from None
+    return call

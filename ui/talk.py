@@ -1,0 +1,241 @@
+"""Talk: one clip in; transcript, emotion chart and three systems' answers streamed out."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from semollama_core.generation import DecodingOptions
+from semollama_core.pipeline import EmotionPrediction, PromptInput
+
+from .backend import Backend, markdown_text
+from .common import MODEL_CONCURRENCY, user_errors
+
+SYSTEM_TITLES = {
+    "speech_llm": "SEmoLlama (speech → frozen LLM)",
+    "text_only": "Text-only baseline (ASR → LLM)",
+    "cascade": "Cascade (ASR + standalone SER → LLM)",
+}
+MAX_SYSTEM_PROMPT_CHARS = 2000
+EMOTION_COLOURS = {"neutral": "#8c8c8c", "happy": "#f2b705", "sad": "#3b6fb6", "angry": "#d64541"}
+
+
+@dataclass(frozen=True)
+class Latency:
+    first_token_s: float | None = None   # from the system's start to its first token
+    total_s: float | None = None
+    tokens: int = 0
+
+    def describe(self) -> str:
+        if self.first_token_s is None:
+            return "waiting…"
+        total = f" · {self.tokens} tokens in {self.total_s:.2f} s" if self.total_s is not None else " · streaming"
+        return f"first token {self.first_token_s:.2f} s{total}"
+
+
+@dataclass(frozen=True)
+class TalkView:
+    """Everything the tab shows at one moment of a run."""
+    transcript: str = ""
+    emotion: EmotionPrediction | None = None
+    standalone: EmotionPrediction | None = None
+    cascade_label: str | None = None
+    responses: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SYSTEM_TITLES, ""))
+    latencies: dict[str, Latency] = field(default_factory=lambda: {s: Latency() for s in SYSTEM_TITLES})
+    timings_s: dict[str, float] = field(default_factory=dict)
+    run: dict[str, Any] | None = None    # what Inspect needs to replay this clip
+
+    def with_response(self, system: str, text: str, latency: Latency) -> "TalkView":
+        return replace(self, responses={**self.responses, system: text},
+                       latencies={**self.latencies, system: latency})
+
+
+def decoding_options(max_new_tokens: Any, temperature: Any) -> DecodingOptions:
+    try:
+        return DecodingOptions(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Generation settings: {error}") from None
+
+
+def checked_system_prompt(system_prompt: str | None) -> str | None:
+    text = (system_prompt or "").strip()
+    if len(text) > MAX_SYSTEM_PROMPT_CHARS:
+        raise ValueError(f"The system prompt is {len(text)} characters; the limit is {MAX_SYSTEM_PROMPT_CHARS}.")
+    return text or None
+
+
+def talk(backend: Backend, audio: Any, max_new_tokens: Any = 64, temperature: Any = 0.0,
+         system_prompt: str | None = None) -> Iterator[TalkView]:
+    """Run the three systems on one clip, yielding the view as each token arrives.
+    SEmoLlama answers first: its first token is the demo's first response."""
+    if audio is None or audio == "":
+        raise ValueError("Record or upload a clip first, or pick an example.")
+    options = decoding_options(max_new_tokens, temperature)
+    system_prompt = checked_system_prompt(system_prompt)
+    system = backend.system
+    start = time.perf_counter()
+    clip = system.load(audio)
+    features = system.features(clip)
+    view = TalkView(run={"audio": clip, "max_new_tokens": options.max_new_tokens, "system_prompt": system_prompt})
+    speech = PromptInput("speech_llm", features)
+    for view in _stream(system, "speech_llm", speech, options, system_prompt, view):
+        if "first_response_s" not in view.timings_s and view.latencies["speech_llm"].first_token_s is not None:
+            view = _with_timing(view, "first_response_s", start)
+        yield view
+    began = time.perf_counter()
+    emotion = system.predict_emotions([speech], system_prompt=system_prompt)[0]
+    view = _with_timing(replace(view, emotion=emotion), "emotion_s", began)
+    began = time.perf_counter()
+    transcript = system.transcribe(clip)
+    view = _with_timing(replace(view, transcript=transcript), "asr_s", began)
+    yield view
+    text_only = PromptInput("text_only", transcript=transcript)
+    for view in _stream(system, "text_only", text_only, options, system_prompt, view):
+        yield view
+    view = _with_cascade_label(system, clip, view)
+    cascade = PromptInput("cascade", transcript=transcript, emotion=view.cascade_label)
+    for view in _stream(system, "cascade", cascade, options, system_prompt, view):
+        yield view
+    yield replace(_with_timing(view, "total_s", start),
+                  run={**view.run, "transcript": transcript, "emotion": emotion.label})
+
+
+def _with_timing(view: TalkView, name: str, began: float) -> TalkView:
+    return replace(view, timings_s={**view.timings_s, name: time.perf_counter() - began})
+
+
+def _with_cascade_label(system, clip, view: TalkView) -> TalkView:
+    """The cascade's emotion comes from the standalone SER model; without one shipped,
+    from the speech LLM's own label scoring (as system.respond does), and we say so."""
+    if system.standalone_ser is None:
+        return replace(view, cascade_label=view.emotion.label)
+    began = time.perf_counter()
+    standalone = system.standalone_emotion(clip)
+    return replace(view, standalone=standalone, cascade_label=standalone.label,
+                   timings_s={**view.timings_s, "standalone_ser_s": time.perf_counter() - began})
+
+
+def _stream(system, name: str, prompt: PromptInput, options: DecodingOptions, system_prompt: str | None,
+            view: TalkView) -> Iterator[TalkView]:
+    began = time.perf_counter()
+    first = None
+    text, tokens = "", 0
+    for text in system.stream(prompt, options, system_prompt=system_prompt):
+        tokens += 1
+        first = first if first is not None else time.perf_counter() - began
+        view = view.with_response(name, text, Latency(first, None, tokens))
+        yield view
+    total = time.perf_counter() - began
+    yield replace(view.with_response(name, text, Latency(first if first is not None else total, total, tokens)),
+                  timings_s={**view.timings_s, f"{name}_s": total})
+
+
+# ----- presentation ---------------------------------------------------------------------
+def emotion_chart(view: TalkView) -> go.Figure | None:
+    if view.emotion is None:
+        return None
+    labels = list(view.emotion.probs)
+    figure = go.Figure(go.Bar(x=labels, y=[view.emotion.probs[l] for l in labels], name="SEmoLlama",
+                              marker_color=[EMOTION_COLOURS.get(l, "#6a5acd") for l in labels]))
+    if view.standalone is not None:
+        figure.add_bar(x=list(view.standalone.probs), y=list(view.standalone.probs.values()),
+                       name="standalone SER", marker_color="rgba(0,0,0,0.25)")
+    figure.update_layout(yaxis=dict(range=[0, 1], title="probability"), height=280,
+                         margin=dict(l=40, r=10, t=30, b=30), title="Emotion (label scoring by the frozen LLM)",
+                         showlegend=view.standalone is not None, barmode="group")
+    return figure
+
+
+def emotion_summary(view: TalkView) -> str:
+    if view.emotion is None:
+        return "Predicted emotion: …"
+    p = view.emotion.probs[view.emotion.label]
+    line = f"**Predicted emotion:** {markdown_text(view.emotion.label)} ({100 * p:.0f} %)"
+    if view.cascade_label is not None:
+        source = "standalone SER" if view.standalone is not None else \
+            "SEmoLlama's label (no standalone SER model is shipped)"
+        line += f"  \nCascade used **{markdown_text(view.cascade_label)}** from {source}."
+    return line
+
+
+def timings_json(view: TalkView) -> dict:
+    return {"timings_s": {k: round(v, 3) for k, v in view.timings_s.items()},
+            "latencies": {name: {"first_token_s": lat.first_token_s, "total_s": lat.total_s, "tokens": lat.tokens}
+                          for name, lat in view.latencies.items()}}
+
+
+def describe_markdown(backend: Backend) -> str:
+    described = backend.system.describe()
+    rows = "\n".join(f"| {markdown_text(k)} | {markdown_text(v)} |" for k, v in described.items())
+    return f"**Running configuration**\n\n| setting | value |\n|---|---|\n{rows}"
+
+
+# ----- the tab --------------------------------------------------------------------------
+def build_talk_tab(backend: Backend, demo: gr.Blocks, last_run: gr.State) -> None:
+    """The Talk tab's components and events; last_run (per user) feeds Inspect."""
+    examples = _safe_examples(backend)
+    with gr.Row():
+        with gr.Column(scale=1):
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Your voice",
+                             elem_id="talk-audio")
+            example = gr.Dropdown(choices=[(e.label, e.name) for e in examples], value=None,
+                                  label="…or a bundled example" if examples else "No bundled examples found",
+                                  interactive=bool(examples), elem_id="talk-example")
+            example_info = gr.Markdown("")
+            run = gr.Button("Respond", variant="primary", elem_id="talk-run")
+            with gr.Accordion("Generation settings", open=False):
+                max_new_tokens = gr.Slider(1, 256, value=64, step=1, label="Max new tokens",
+                                           elem_id="talk-max-new-tokens")
+                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                system_prompt = gr.Textbox(label="System prompt (empty: the default)", lines=2,
+                                           max_length=MAX_SYSTEM_PROMPT_CHARS)
+            configuration = gr.Markdown("Loading the models…", elem_id="talk-config")
+        with gr.Column(scale=2):
+            transcript = gr.Textbox(label="Transcript (Whisper tiny.en)", interactive=False, elem_id="talk-transcript")
+            with gr.Row():
+                emotion_md = gr.Markdown("Predicted emotion: …", elem_id="talk-emotion")
+            chart = gr.Plot(label="Emotion probabilities", elem_id="talk-chart")
+            with gr.Row(equal_height=True):
+                boxes, latency_mds = [], []
+                for name, title in SYSTEM_TITLES.items():
+                    with gr.Column(min_width=200):
+                        boxes.append(gr.Textbox(label=title, lines=5, interactive=False, elem_id=f"talk-{name}"))
+                        latency_mds.append(gr.Markdown("", elem_id=f"talk-latency-{name}"))
+            timings = gr.JSON(label="Timings", elem_id="talk-timings")
+
+    def on_example(name):
+        if not name:
+            return None, ""
+        chosen = next((e for e in _safe_examples(backend) if e.name == name), None)
+        if chosen is None:
+            raise ValueError(f"No bundled example named {name!r}.")
+        return str(chosen.path), (f"Acted emotion: **{markdown_text(chosen.emotion or 'unknown')}** · "
+                                  f"“{markdown_text(chosen.transcript or '')}”")
+
+    example.change(user_errors(on_example), example, [audio, example_info], api_name="load_example")
+
+    def on_run(clip, n_tokens, temp, prompt, _state):
+        view = TalkView()
+        for view in talk(backend, clip, n_tokens, temp, prompt):
+            yield (view.transcript, emotion_summary(view), gr.skip(), *view.responses.values(),
+                   *(lat.describe() for lat in view.latencies.values()), gr.skip(), gr.skip())
+        # The last message carries everything, so API clients get the whole result.
+        yield (view.transcript, emotion_summary(view), emotion_chart(view), *view.responses.values(),
+               *(lat.describe() for lat in view.latencies.values()), timings_json(view), view.run)
+
+    run.click(user_errors(on_run), [audio, max_new_tokens, temperature, system_prompt, last_run],
+              [transcript, emotion_md, chart, *boxes, *latency_mds, timings, last_run],
+              api_name="talk", **MODEL_CONCURRENCY)
+    demo.load(user_errors(lambda: describe_markdown(backend)), None, configuration, api_name="describe",
+              **MODEL_CONCURRENCY)
+
+
+def _safe_examples(backend: Backend):
+    try:
+        return backend.examples()
+    except ValueError as error:
+        gr.Warning(f"The bundled examples could not be read: {error}")
+        return []
