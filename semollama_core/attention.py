@@ -53,7 +53,9 @@ def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None
     prompt_len = batch.inputs_embeds.shape[1]
     weights = _eager_attentions(system.llm.model, embeds[None])
     rows = slice(prompt_len - 1, prompt_len - 1 + len(generated))
-    attn = np.stack([w[0, :, rows, :].float().cpu().numpy() for w in weights])  # [L, H, G, P]
+    # The last generated token is never attended to by the rows that predict tokens.
+    keys = slice(0, prompt_len + len(generated) - 1)
+    attn = np.stack([w[0, :, rows, keys].float().cpu().numpy() for w in weights])  # [L, H, G, P]
     segments, tokens = _label_positions(system, prompt, batch.speech_spans[0], prompt_len, generated)
     gen_tokens = [system.tokenizer.decode([t]) for t in generated]
     return AttentionCapture(attn.astype(np.float32), segments, tokens, gen_tokens, batch.speech_spans[0],

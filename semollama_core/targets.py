@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -67,9 +66,15 @@ def specs_for(transcript: str, emotion: str, prosody: str | None, tasks: tuple[s
 
 
 def fingerprint(llm_name: str, quantization: str, system_prompt: str | None, options: DecodingOptions) -> str:
-    """Changes whenever the LLM, the prompts or the decoding settings change."""
+    """Changes whenever the LLM, the prompts or the decoding settings change.
+
+    The prompts enter as rendered examples of every task, so editing unrelated code in
+    prompts.py keeps the cache, while any change to what the LLM reads invalidates it.
+    """
+    examples = [spec.user_turn + "|" + spec.assistant_start
+                for spec in specs_for("example", "sad", "a narrow pitch range", TASKS_EMOTION + TASKS_NEUTRAL)]
     parts = [llm_name, quantization, system_prompt or prompts.DEFAULT_SYSTEM_PROMPT,
-             inspect.getsource(prompts), json.dumps(asdict(options), sort_keys=True)]
+             *examples, json.dumps(asdict(options), sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -227,13 +227,13 @@ def alignment_loss(system, adapter, batcher, examples, features, options: TrainO
     embeds, mask, labels = batcher.rows(examples, speech)
     logits, targets = response_logits(system.llm.model, embeds, mask, labels)
     loss = torch.nn.functional.cross_entropy(logits, targets)
-    stats = {"ce": float(loss)}
+    stats = {"ce": float(loss.detach())}
     if options.kl_weight > 0 and options.mode == "emotion":
         teacher = teacher_logits(system, batcher, examples)
         kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(teacher, -1),
                                         log_target=True, reduction="batchmean")
         loss = loss + options.kl_weight * kl
-        stats["kl"] = float(kl)
+        stats["kl"] = float(kl.detach())
     return loss, stats
 
 

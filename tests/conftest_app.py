@@ -56,6 +56,12 @@ class AppServer:
     demo: object
     examples_dir: Path
     work_dir: Path
+    admin_password: str = ADMIN_PASSWORD
+    max_upload_mb: int = MAX_UPLOAD_MB
+
+    @staticmethod
+    def synthesise(path: Path, text: str, **voice) -> Path:
+        return synthesise(path, text, **voice)
 
 
 @pytest.fixture(scope="session")

@@ -190,9 +190,13 @@ def build_evaluate_tab(backend: Backend) -> None:
 
     index.change(user_errors(on_index), [results, index], [player, item_info], api_name="evaluate_item")
 
-    def on_select(evt: gr.SelectData):
-        if evt is None or evt.index is None:
+    def on_select(evt: gr.EventData):
+        # gr.EventData rather than gr.SelectData: API callers send no event data, and
+        # SelectData cannot be built without it.
+        data = evt._data if isinstance(evt._data, dict) else {}
+        index = data.get("index")
+        if index is None:
             return gr.skip()
-        return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return index[0] if isinstance(index, (list, tuple)) else index
 
     items.select(on_select, None, index, api_name="evaluate_select")
