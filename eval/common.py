@@ -231,6 +231,10 @@ def save_figure(fig, stem: str | os.PathLike) -> dict:
     html = stem.with_name(stem.name + ".html")
     _atomic_write_text(html, fig.to_html(include_plotlyjs="cdn", full_html=True))
     out = {"html": str(html), "png": None}
+    import logging
+
+    for name in ("choreographer", "kaleido"):  # they log recoverable browser chatter as tracebacks
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if Path("/usr/bin/chromium").is_file():  # kaleido's browser finder looks here
         os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
     png = stem.with_name(stem.name + ".png")

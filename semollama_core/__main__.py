@@ -15,6 +15,7 @@ commands:
   targets MANIFEST ...           generate alignment targets with the frozen LLM
   train MANIFEST --out DIR ...   train the speech adapter
   train-ser MANIFEST --out DIR   train the standalone SER model (openSMILE + linear)
+  export RUN DEST                ship a run's adapter with its training info
 
 Each command accepts --help."""
 
@@ -61,6 +62,7 @@ COMMANDS = {
     "targets": ("semollama_core.targets", "main"),
     "train": ("semollama_core.train", "main"),
     "train-ser": ("semollama_core.standalone_ser", "main"),
+    "export": ("semollama_core.export", "main"),
 }
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_SYSTEM_PROMPT = ("You are a warm, helpful assistant. Answer the user in one or two short, "
-                         "plain sentences, without emoji.")
+# Short on purpose: it is part of every training sequence on a 2-core CPU.
+DEFAULT_SYSTEM_PROMPT = "You are a warm assistant. Reply in one or two short sentences, without emoji."
 SPEECH_PLACEHOLDER = "<<<SPEECH>>>"
 
 # How an emotion is stated in the emotion-conditioned prompt (the alignment target).

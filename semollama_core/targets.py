@@ -23,6 +23,8 @@ from .generation import DecodingOptions
 TASKS_EMOTION = ("respond", "ser", "asr", "caption")   # the speech_llm encoder's tasks
 TASKS_NEUTRAL = ("respond_neutral", "asr")             # AudioChatLlama-style, no emotion anywhere
 TARGET_DECODING = DecodingOptions(max_new_tokens=40)    # greedy; part of the cache fingerprint
+# Answers are cut per task: SER needs the named emotion and a few words, captions a sentence.
+TARGET_TOKENS = {"respond": 32, "respond_neutral": 32, "ser": 12, "caption": 24}
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def fingerprint(llm_name: str, quantization: str, system_prompt: str | None, opt
     examples = [spec.user_turn + "|" + spec.assistant_start
                 for spec in specs_for("example", "sad", "a narrow pitch range", TASKS_EMOTION + TASKS_NEUTRAL)]
     parts = [llm_name, quantization, system_prompt or prompts.DEFAULT_SYSTEM_PROMPT,
-             *examples, json.dumps(asdict(options), sort_keys=True)]
+             *examples, json.dumps(asdict(options), sort_keys=True), json.dumps(TARGET_TOKENS, sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -107,24 +109,45 @@ class TargetCache:
 
 def generate_targets(system, specs: list[TargetSpec], cache: TargetCache, options: DecodingOptions,
                      batch_size: int = 32) -> None:
+    """Greedy answers for every spec not yet cached, batched per task, appended as they come."""
+    from dataclasses import replace
+
     from .pipeline import PromptInput
 
-    todo = sorted({s.key: s for s in specs if cache.get(s.key) is None}.values(), key=lambda s: (s.assistant_start, len(s.user_turn)))
+    todo = sorted({s.key: s for s in specs if cache.get(s.key) is None}.values(), key=lambda s: (s.task, len(s.user_turn)))
     bar = tqdm(total=len(todo), desc="targets", unit="prompt")
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        by_start: dict[str, list[TargetSpec]] = {}
-        for spec in batch:
-            by_start.setdefault(spec.assistant_start, []).append(spec)
-        for assistant_start, group in by_start.items():
-            # A text prompt is a text_only PromptInput whose instruction is empty and whose
-            # transcript is the whole user turn.
-            inputs = [PromptInput("text_only", transcript=s.user_turn, instruction="") for s in group]
-            texts = system.generate(inputs, options, assistant_start=assistant_start)
-            cache.add([(s, (s.assistant_start + " " + t).strip() if s.assistant_start else t)
-                       for s, t in zip(group, texts)])
-            bar.update(len(group))
+    for task in sorted({s.task for s in todo}):
+        group = [s for s in todo if s.task == task]
+        task_options = replace(options, max_new_tokens=min(options.max_new_tokens, TARGET_TOKENS.get(task, 40)))
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            # A text prompt is a text_only PromptInput whose transcript is the whole user turn.
+            texts = system.generate([PromptInput("text_only", transcript=s.user_turn, instruction="") for s in batch],
+                                    task_options, assistant_start=batch[0].assistant_start if task != "ser" else "")  \
+                if task != "ser" else _generate_ser(system, batch, task_options)
+            cache.add(list(zip(batch, texts)))
+            bar.update(len(batch))
     bar.close()
+
+
+def _generate_ser(system, batch: list[TargetSpec], options: DecodingOptions) -> list[str]:
+    """SER answers are forced to start with "You sound <label>"; rows share that start per label."""
+    from .pipeline import PromptInput
+
+    out: dict[str, str] = {}
+    for start in sorted({s.assistant_start for s in batch}):
+        rows = [s for s in batch if s.assistant_start == start]
+        texts = system.generate([PromptInput("text_only", transcript=s.user_turn, instruction="") for s in rows],
+                                options, assistant_start=start)
+        out.update({s.key: _join(start, t) for s, t in zip(rows, texts)})
+    return [out[s.key] for s in batch]
+
+
+def _join(start: str, continuation: str) -> str:
+    if not continuation:
+        return start + "."
+    glue = "" if continuation[0] in ",.!?;:" else " "
+    return start + glue + continuation
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ pytest_plugins = ["conftest_app"]
 
 SYSTEM_NAMES = ("speech_llm", "text_only", "cascade")
 API_NAMES = {"/load_example", "/talk", "/describe", "/inspect", "/inspect_layer", "/inspect_head", "/evaluate",
+             "/evaluate_source",
              "/evaluate_item", "/evaluate_select", "/rate_next", "/rate_next_enter", "/rate_submit",
              "/rate_results", "/rate_export", "/rate_push"}
 
@@ -39,8 +40,9 @@ def test_queue_bounds_waiting_requests(app_server):
 
 
 def test_describe_shows_the_running_configuration(client):
-    text = client.predict(api_name="/describe")
+    text, max_new_tokens = client.predict(api_name="/describe")
     assert "smollm2" in text and "quantization" in text
+    assert max_new_tokens["value"] == 8  # the token slider starts at the running configuration's
 
 
 def test_load_example_gives_its_audio_and_label(client, app_server):
@@ -103,7 +105,7 @@ def test_talk_bad_audio_is_a_clear_error_and_the_app_stays_up(app_server, tmp_pa
     client = new_client(app_server)
     with pytest.raises(AppError, match=message):
         client.predict(handle_file(str(path)), 8, 0.0, "", api_name="/talk")
-    assert "smollm2" in client.predict(api_name="/describe")
+    assert "smollm2" in client.predict(api_name="/describe")[0]
 
 
 def test_upload_larger_than_the_limit_is_refused(app_server, tmp_path):
@@ -138,11 +140,12 @@ def test_inspect_shows_attention_of_the_last_run(app_server):
 
 def test_evaluate_bundled_examples(app_server):
     client = new_client(app_server)
-    notes, metrics, confusion, items, csv_path, json_path = client.predict(
+    notes, metrics, confusion, items, csv_path, json_path, index, first_audio, _ = client.predict(
         "bundled examples", None, None, ["speech_llm", "text_only", "standalone"], 4, api_name="/evaluate")
     systems = [row[0] for row in metrics["data"]]
     assert systems[:2] == ["speech_llm", "text_only"]
     assert confusion is not None and len(items["data"]) == 4
+    assert index == 0 and Path(first_audio).name == "neutral_1.wav"  # the player starts at the first item
     scores = json.loads(Path(json_path).read_text())
     assert {"ua", "wa", "macro_f1", "confusion"} <= set(scores["systems"]["speech_llm"])
     assert "emotion,system,predicted" in Path(csv_path).read_text().splitlines()[0]
@@ -166,11 +169,17 @@ def zipped_upload(app_server, folder: Path, manifest_rows: list[dict], extra_ent
     return manifest, archive
 
 
+def test_evaluate_source_switch_answers(client):
+    # It only shows or hides the upload fields (a layout block, not in the API's outputs);
+    # test_browser.py checks what it does on screen.
+    assert client.predict("upload", api_name="/evaluate_source") == ()
+
+
 def test_evaluate_an_uploaded_manifest_and_zip(app_server, tmp_path):
     rows = [{"audio": "clips/happy_1.wav", "emotion": "happy"}, {"audio": "clips/sad_1.wav", "emotion": "sad"}]
     manifest, archive = zipped_upload(app_server, tmp_path, rows)
     client = new_client(app_server)
-    _, metrics, _, items, _, _ = client.predict("upload", handle_file(str(manifest)), handle_file(str(archive)),
+    _, metrics, _, items, *_ = client.predict("upload", handle_file(str(manifest)), handle_file(str(archive)),
                                                 ["speech_llm"], 10, api_name="/evaluate")
     assert [row[0] for row in metrics["data"]] == ["speech_llm"] and len(items["data"]) == 2
 

@@ -78,12 +78,16 @@ def test_inspect_shows_the_heatmap_of_the_last_clip(page, screenshots):
 
 def test_evaluate_runs_a_small_batch(page, screenshots):
     open_tab(page, "Evaluate")
+    assert not page.locator("#eval-zip").is_visible()  # bundled examples need no upload
+    page.locator("#eval-source").get_by_text("upload", exact=True).click()
+    page.locator("#eval-zip").wait_for(state="visible")
+    page.locator("#eval-source").get_by_text("bundled examples", exact=True).click()
+    page.locator("#eval-zip").wait_for(state="hidden")
     page.locator("#eval-limit input").fill("4")
     page.locator("#eval-run").click()
-    metrics = page.locator("#eval-metrics")
-    metrics.get_by_text("speech_llm").first.wait_for()
     page.locator("#eval-confusion .js-plotly-plot").wait_for()
-    assert "text_only" in metrics.inner_text()
+    page.locator("#eval-metrics").get_by_role("gridcell", name="speech_llm").wait_for()
+    assert "text_only" in page.locator("#eval-metrics").inner_text()
     assert "happy_1.wav" in page.locator("#eval-items").inner_text()
     page.screenshot(path=str(screenshots / "3-evaluate.png"), full_page=True)
 
@@ -101,7 +105,7 @@ def test_rate_two_items_and_see_them_in_the_results(page, app_server, screenshot
     page.locator("#rate-results-panel").get_by_text("Results").first.click()
     page.locator("#rate-password input").fill(app_server.admin_password)
     page.locator("#rate-results").click()
-    page.locator("#rate-pairs").get_by_text(" vs ").first.wait_for()
+    page.locator("#rate-pairs").get_by_role("gridcell", name=" vs ").first.wait_for()
     overview = page.locator("#rate-overview").inner_text()
     assert "ratings" in overview
     page.screenshot(path=str(screenshots / "5-results.png"), full_page=True)

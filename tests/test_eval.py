@@ -102,12 +102,12 @@ def test_mix_at_snr_reaches_the_requested_snr():
 
 # ----------------------------------------------------------------------------- library
 
-def test_response_nll_is_batch_invariant_and_lowest_for_the_greedy_answer(system, manifest):
+def test_response_nll_is_batch_invariant_and_lowest_for_the_greedy_answer(system):
     from semollama_core.generation import DecodingOptions
     from semollama_core.pipeline import PromptInput
 
-    prompts = [PromptInput("oracle", transcript=s, emotion=e) for s, e in zip(SENTENCES, EMOTIONS)]
-    greedy = system.generate(prompts, DecodingOptions(max_new_tokens=16))
+    prompts = [PromptInput("oracle", transcript=s, emotion=e) for s, e in zip(SENTENCES[:3], EMOTIONS)]
+    greedy = system.generate(prompts, DecodingOptions(max_new_tokens=8))
     batched = response_nll(system, prompts, greedy)
     single = [response_nll(system, [p], [r])[0] for p, r in zip(prompts, greedy)]
     assert batched == pytest.approx(single, abs=1e-3)  # left padding does not change the result

@@ -23,7 +23,9 @@ from semollama_core.data import Utterance, read_manifest
 
 EXAMPLES_MANIFEST = "examples.jsonl"
 SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can go after an hour
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Markdown syntax characters; <, > and & are left to html.escape (a backslash before "&"
+# would stop the entity from being read, and "#" must stay out of entities: quote=False).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
 def _env_flag(name: str, default: bool = False) -> bool:
@@ -86,7 +88,7 @@ class Example:
 
 def markdown_text(text: Any) -> str:
     """Text made inert for gr.Markdown: HTML escaped, then Markdown syntax escaped."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
 def one_line(error: BaseException) -> str:

@@ -131,6 +131,18 @@ def _defused(text: str | None) -> str:
     return "'" + text if text.startswith(("=", "+", "-", "@")) else text
 
 
+def show_item(items: list[dict] | None, number: Any) -> tuple[str | None, str]:
+    """The audio and predictions of one evaluated item, for the player."""
+    if number is None or not items:
+        return None, ""
+    position = int(number)
+    if not 0 <= position < len(items):
+        raise ValueError(f"Item # must be between 0 and {len(items) - 1}.")
+    item = items[position]
+    predicted = ", ".join(f"{markdown_text(s)}: {markdown_text(l)}" for s, l in item["predicted"].items())
+    return item["audio"], f"True emotion **{markdown_text(item['emotion'])}** · {predicted}"
+
+
 # ----- the tab --------------------------------------------------------------------------
 def build_evaluate_tab(backend: Backend) -> None:
     results = gr.State(None)
@@ -139,9 +151,10 @@ def build_evaluate_tab(backend: Backend) -> None:
     with gr.Row():
         with gr.Column():
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data", elem_id="eval-source")
-            manifest = gr.File(label="Manifest (.jsonl or .csv)", file_types=[".jsonl", ".json", ".csv", ".tsv"],
-                               elem_id="eval-manifest")
-            archive = gr.File(label="Zip of its audio", file_types=[".zip"], elem_id="eval-zip")
+            with gr.Group(visible=False) as uploads:
+                manifest = gr.File(label="Manifest (.jsonl or .csv)", file_types=[".jsonl", ".json", ".csv", ".tsv"],
+                                   elem_id="eval-manifest")
+                archive = gr.File(label="Zip of its audio", file_types=[".zip"], elem_id="eval-zip")
         with gr.Column():
             systems = gr.CheckboxGroup(list(SYSTEM_CHOICES), value=DEFAULT_SYSTEMS, label="Systems",
                                        elem_id="eval-systems")
@@ -160,6 +173,8 @@ def build_evaluate_tab(backend: Backend) -> None:
         csv_file = gr.File(label="Predictions (CSV)", interactive=False, elem_id="eval-csv")
         json_file = gr.File(label="Scores (JSON)", interactive=False, elem_id="eval-json")
 
+    source.change(lambda chosen: gr.update(visible=chosen == "upload"), source, uploads, api_name="evaluate_source")
+
     def on_run(chosen_source, manifest_file, zip_file, chosen, most, progress=gr.Progress()):
         def report(done, total):
             progress((done, total), desc="Recognising emotions")
@@ -172,23 +187,13 @@ def build_evaluate_tab(backend: Backend) -> None:
         csv_path, json_path = save_downloads(backend, evaluation)
         state = [{"audio": i["audio"], "emotion": i["emotion"], "predicted": i["predicted"]} for i in evaluation.items]
         return (note_lines, metrics_table(evaluation), confusion_figure(evaluation.scores), items_table(evaluation),
-                csv_path, json_path, state)
+                csv_path, json_path, state, 0, *show_item(state, 0))
 
     run.click(user_errors(on_run), [source, manifest, archive, systems, limit],
-              [notes, metrics, confusion, items, csv_file, json_file, results], api_name="evaluate",
-              **MODEL_CONCURRENCY)
+              [notes, metrics, confusion, items, csv_file, json_file, results, index, player, item_info],
+              api_name="evaluate", **MODEL_CONCURRENCY)
 
-    def on_index(state, number):
-        if number is None or not state:
-            return None, ""
-        position = int(number)
-        if not 0 <= position < len(state):
-            raise ValueError(f"Item # must be between 0 and {len(state) - 1}.")
-        item = state[position]
-        predicted = ", ".join(f"{markdown_text(s)}: {markdown_text(l)}" for s, l in item["predicted"].items())
-        return item["audio"], f"True emotion **{markdown_text(item['emotion'])}** · {predicted}"
-
-    index.change(user_errors(on_index), [results, index], [player, item_info], api_name="evaluate_item")
+    index.change(user_errors(show_item), [results, index], [player, item_info], api_name="evaluate_item")
 
     def on_select(evt: gr.EventData):
         # gr.EventData rather than gr.SelectData: API callers send no event data, and

@@ -167,8 +167,9 @@ def build_rate_tab(backend: Backend) -> None:
         return show(next_item(backend, annotator_id, _progress_callback(progress)))
 
     def on_submit(state, chosen, e_a, e_b, q_a, q_b, text):
-        rating = submit(backend, state, chosen, e_a, e_b, q_a, q_b, text)
-        return show(next_item(backend, state["annotator"]), f"Saved your rating of item {rating.item_id}. ")
+        # The stored rating names the systems; the annotator is told only that it was saved.
+        submit(backend, state, chosen, e_a, e_b, q_a, q_b, text)
+        return show(next_item(backend, state["annotator"]), "Saved your rating. ")
 
     start.click(user_errors(on_start), annotator, screen, api_name="rate_next", **RATE_CONCURRENCY)
     annotator.submit(user_errors(on_start), annotator, screen, api_name="rate_next_enter", **RATE_CONCURRENCY)

@@ -81,10 +81,11 @@ def talk(backend: Backend, audio: Any, max_new_tokens: Any = 64, temperature: An
     features = system.features(clip)
     view = TalkView(run={"audio": clip, "max_new_tokens": options.max_new_tokens, "system_prompt": system_prompt})
     speech = PromptInput("speech_llm", features)
+    first_response = None
     for view in _stream(system, "speech_llm", speech, options, system_prompt, view):
-        if "first_response_s" not in view.timings_s and view.latencies["speech_llm"].first_token_s is not None:
-            view = _with_timing(view, "first_response_s", start)
+        first_response = first_response or time.perf_counter() - start
         yield view
+    view = replace(view, timings_s={**view.timings_s, "first_response_s": first_response})
     began = time.perf_counter()
     emotion = system.predict_emotions([speech], system_prompt=system_prompt)[0]
     view = _with_timing(replace(view, emotion=emotion), "emotion_s", began)
@@ -169,7 +170,8 @@ def timings_json(view: TalkView) -> dict:
 
 def describe_markdown(backend: Backend) -> str:
     described = backend.system.describe()
-    rows = "\n".join(f"| {markdown_text(k)} | {markdown_text(v)} |" for k, v in described.items())
+    rows = "\n".join(f"| {markdown_text(k)} | {markdown_text(', '.join(map(str, v)) if isinstance(v, list) else v)} |"
+                     for k, v in described.items())
     return f"**Running configuration**\n\n| setting | value |\n|---|---|\n{rows}"
 
 
@@ -229,8 +231,11 @@ def build_talk_tab(backend: Backend, demo: gr.Blocks, last_run: gr.State) -> Non
     run.click(user_errors(on_run), [audio, max_new_tokens, temperature, system_prompt, last_run],
               [transcript, emotion_md, chart, *boxes, *latency_mds, timings, last_run],
               api_name="talk", **MODEL_CONCURRENCY)
-    demo.load(user_errors(lambda: describe_markdown(backend)), None, configuration, api_name="describe",
-              **MODEL_CONCURRENCY)
+    def on_load():
+        # The token budget starts at the running configuration's, known once the system loads.
+        return describe_markdown(backend), gr.update(value=backend.system.config.max_new_tokens)
+
+    demo.load(user_errors(on_load), None, [configuration, max_new_tokens], api_name="describe", **MODEL_CONCURRENCY)
 
 
 def _safe_examples(backend: Backend):
