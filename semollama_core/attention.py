@@ -56,7 +56,8 @@ def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None
     # The last generated token is never attended to by the rows that predict tokens.
     keys = slice(0, prompt_len + len(generated) - 1)
     attn = np.stack([w[0, :, rows, keys].float().cpu().numpy() for w in weights])  # [L, H, G, P]
-    segments, tokens = _label_positions(system, prompt, batch.speech_spans[0], prompt_len, generated)
+    segments, tokens = _label_positions(system, prompt, batch.speech_spans[0], generated,
+                                        system.resolve_system_prompt(system_prompt))
     gen_tokens = [system.tokenizer.decode([t]) for t in generated]
     return AttentionCapture(attn.astype(np.float32), segments, tokens, gen_tokens, batch.speech_spans[0],
                             system.tokenizer.decode(generated, skip_special_tokens=True).strip())
@@ -73,13 +74,14 @@ def _eager_attentions(model, embeds: torch.Tensor):
     return out.attentions
 
 
-def _label_positions(system, prompt, span, prompt_len, generated):
+def _label_positions(system, prompt, span, generated, system_prompt):
     from . import prompts
 
-    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task), system.config.system_prompt)
+    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task), system_prompt)
     prefix_ids = system._ids(parts.prefix)
     suffix_ids = system._ids(parts.suffix)
-    system_turn = prompts.render_chat(system.tokenizer, "", system.config.system_prompt).split("<|im_start|>user")[0]
+    # The system turn ends where the user turn's header starts.
+    system_turn = parts.prefix[: parts.prefix.rfind("user")].rsplit("<|", 1)[0] if "<|" in parts.prefix else ""
     system_end = min(len(system._ids(system_turn)), len(prefix_ids))
     start, end = span
     segments = ([SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (len(prefix_ids) - system_end)

@@ -12,7 +12,7 @@ ASSETS = REPO_ROOT / "assets"
 EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
 EMBEDDED_WHISPER = "embedded:whisper-tiny.en"
 CORE_LABELS = ("neutral", "happy", "sad", "angry")
-QUANTIZATIONS = ("nf4", "int8", "none")
+QUANTIZATIONS = ("nf4", "int8", "none", "bf16")
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,8 @@ def default_data_dir() -> Path:
 class SEmoConfig:
     # Frozen LLM: the embedded SmolLM2 GGUF, or any Hugging Face Llama-family causal LM id.
     llm: str = EMBEDDED_LLM
-    # nf4 (bitsandbytes 4-bit, the default), int8 (bitsandbytes 8-bit), none (fp32 CPU / bf16 CUDA).
+    # nf4 (bitsandbytes 4-bit, the default), int8 (bitsandbytes 8-bit), none (fp32 CPU / bf16 CUDA),
+    # bf16 (unquantised bfloat16 anywhere: twice as fast as fp32 on CPUs with AVX512-BF16).
     quantization: str = "nf4"
     # Speech backbone: embedded Whisper tiny.en (CTranslate2) or a Hugging Face Whisper id.
     backbone: str = EMBEDDED_WHISPER

@@ -143,12 +143,15 @@ def load_llm(config: SEmoConfig, *, attn_implementation: str = "sdpa") -> Frozen
     if model.config.model_type not in ("llama", "mistral", "qwen2", "granite"):
         log.warning("%s is a %s model, not Llama-family; continuing.", config.llm, model.config.model_type)
     freeze(model)
+    flatten_lm_head(model)
     return FrozenLLM(model, tokenizer, config.llm, config.quantization, device)
 
 
 def _quantization_kwargs(quantization: str, device: str) -> dict:
     if quantization == "none":
         return {"dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32}
+    if quantization == "bf16":
+        return {"dtype": torch.bfloat16}
     from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -160,6 +163,21 @@ def _quantization_kwargs(quantization: str, device: str) -> dict:
     else:
         raise ConfigError(f"Unknown quantization {quantization!r}.")
     return {"quantization_config": bnb, "dtype": compute, "device_map": {"": device}}
+
+
+def _flat_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # A sliced [batch, 1, width] input (logits_to_keep=1) makes torch.matmul broadcast the
+    # 49k-row head into a [batch, width, vocab] copy: seconds per call on a CPU. Flatten first.
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.nn.functional.linear(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+
+
+def flatten_lm_head(model: torch.nn.Module) -> None:
+    import types
+
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        head.forward = types.MethodType(_flat_linear_forward, head)
 
 
 def freeze(model: torch.nn.Module) -> None:

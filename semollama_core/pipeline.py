@@ -155,7 +155,7 @@ class SEmoLlama:
     def encode_prompts(self, inputs: list[PromptInput], *, system_prompt: str | None = None,
                        assistant_start: str = "", speech: list[torch.Tensor] | None = None) -> SplicedBatch:
         """Render each input with the chat template and splice in its speech embeddings."""
-        system_prompt = prompts.sanitize_user_text(system_prompt) if system_prompt else self.config.system_prompt
+        system_prompt = self.resolve_system_prompt(system_prompt)
         prefixes, suffixes, speech_rows = [], [], []
         needs_speech = [i for i, p in enumerate(inputs) if p.system in SPEECH_SYSTEMS]
         if speech is None and needs_speech:
@@ -178,6 +178,10 @@ class SEmoLlama:
             prefixes.append(self._ids(parts.prefix))
             suffixes.append(self._ids(parts.suffix))
         return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens)
+
+    def resolve_system_prompt(self, system_prompt: str | None) -> str | None:
+        """A user's system prompt, cleaned; else the configured one (None: the registry default)."""
+        return prompts.sanitize_user_text(system_prompt) if system_prompt else self.config.system_prompt
 
     def _text_user_turn(self, p: PromptInput) -> str:
         transcript = prompts.sanitize_user_text(p.transcript or "")

@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS_EMOTION + ("respond_neutral",)))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=TARGET_DECODING.max_new_tokens)
-    parser.add_argument("--quantization", default="none", choices=("nf4", "int8", "none"))
+    parser.add_argument("--quantization", default="bf16", choices=("nf4", "int8", "none", "bf16"))
     args = parser.parse_args(argv)
     from .config import SEmoConfig
     from .pipeline import load_system

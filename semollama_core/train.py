@@ -45,7 +45,7 @@ class TrainOptions:
     max_target_tokens: int = 40
     seed: int = 0
     mixed_precision: str = "no"        # "bf16" on GPU
-    quantization: str = "none"         # LLM precision during training (nf4 works too, slower)
+    quantization: str = "bf16"         # LLM precision while training: bf16 is 2x fp32 on AVX512-BF16 CPUs; nf4 works too
 
     def weights(self) -> dict[str, float]:
         out = {}

@@ -1,7 +1,9 @@
 """The app's every event handler, driven through gradio_client against a live server."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -35,8 +37,51 @@ def test_every_handler_has_a_named_api(client):
     assert API_NAMES <= endpoints, API_NAMES - endpoints
 
 
-def test_queue_bounds_waiting_requests(app_server):
-    assert app_server.demo._queue.max_size == 8
+def test_a_full_queue_refuses_with_a_clear_message(app_server):
+    import app
+
+    release = threading.Event()
+
+    def slow_factory():  # the first request holds the model slot until released
+        release.wait(60)
+        return app_server.demo.backend.system
+
+    demo = app.build_demo(slow_factory, dataclasses.replace(app_server.demo.backend.settings, queue_size=1))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        jobs = []
+        for _ in range(3):
+            jobs.append(client.submit(api_name="/describe"))
+            time.sleep(1.0)
+        release.set()
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=60)[0])
+            except Exception as error:  # noqa: BLE001 - the refusal is what we look for
+                outcomes.append(str(error))
+        assert sum("Queue is full" in o for o in outcomes) == 1, outcomes
+        assert sum("smollm2" in o for o in outcomes) == 2, outcomes
+    finally:
+        release.set()
+        demo.close()
+
+
+def test_the_bundled_examples_are_listed_when_present():
+    from ui.backend import AppSettings, Backend
+
+    examples = Backend(lambda: None, AppSettings()).examples()
+    if not examples:
+        pytest.skip("no assets/examples/examples.jsonl in this copy")
+    assert all(e.path.is_file() and e.emotion for e in examples)
+    assert len({e.label for e in examples}) == len(examples)  # the dropdown can tell them apart
+
+
+def test_a_missing_examples_folder_means_no_examples(tmp_path):
+    from ui.backend import AppSettings, Backend
+
+    assert Backend(lambda: None, AppSettings(examples_dir=str(tmp_path / "absent"))).examples() == []
 
 
 def test_describe_shows_the_running_configuration(client):
@@ -237,3 +282,14 @@ def test_markdown_text_renders_user_text_inert():
 
     text = markdown_text('<img src=x onerror="alert(1)"> **bold** [link](javascript:x)')
     assert "<" not in text and ">" not in text and "**" not in text and "](" not in text
+
+
+def test_exports_are_off_without_an_admin_password(tmp_path, monkeypatch):
+    from ui.backend import AppSettings, Backend
+    from ui.rate import export_csv, push
+
+    monkeypatch.delenv("SEMOLLAMA_ADMIN_PASSWORD", raising=False)
+    backend = Backend(lambda: None, AppSettings(ratings_url=f"sqlite:///{tmp_path / 'r.sqlite'}"))
+    for call in (lambda: export_csv(backend, ""), lambda: push(backend, "", "someone/ratings")):
+        with pytest.raises(ValueError, match="set SEMOLLAMA_ADMIN_PASSWORD"):
+            call()

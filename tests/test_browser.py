@@ -7,6 +7,7 @@ to ci-artifacts/screenshots/ (SEMOLLAMA_ARTIFACTS overrides the folder).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def open_tab(page, name: str) -> None:
 
 
 def test_talk_uploads_an_example_and_streams_three_answers(page, app_server, screenshots):
+    # Once the models are up the configuration shows and the token budget drops to the tests' 8.
+    page.locator("#talk-config").get_by_text("Running configuration").wait_for()
     page.locator("#talk-audio input[type=file]").set_input_files(str(app_server.examples_dir / "angry_1.wav"))
     page.locator("#talk-audio audio, #talk-audio .waveform-container, #talk-audio [data-testid='waveform-x']") \
         .first.wait_for(state="attached")
@@ -63,6 +66,8 @@ def test_talk_uploads_an_example_and_streams_three_answers(page, app_server, scr
     page.get_by_text("first token").nth(2).wait_for()  # the cascade's latency, written last
     assert "new office" in page.locator("#talk-transcript textarea").input_value().lower()
     assert "Predicted emotion:" in page.locator("#talk-emotion").inner_text()
+    tokens = re.search(r"(\d+) tokens", page.locator("#talk-latency-speech_llm").inner_text())
+    assert tokens and 1 <= int(tokens.group(1)) <= 8
     page.screenshot(path=str(screenshots / "1-talk.png"), full_page=True)
 
 

@@ -272,3 +272,11 @@ def test_model_cache_conversion_survives_a_crashed_first_run(tmp_path):
     path = embedded_llm_path(tmp_path)
     assert (path / COMPLETE_MARKER).is_file()
     assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_attention_with_a_custom_system_prompt_labels_every_position(system_fp32, speech_16k):
+    custom = "You are a pirate. Answer <b>briefly</b>, and mind the weather today."
+    capture = system_fp32.capture_attention(speech_16k, max_new_tokens=4, system_prompt=custom, sample_rate=SAMPLE_RATE)
+    assert capture.attentions.shape[-1] == len(capture.segments) == len(capture.input_tokens)
+    system_text = "".join(t for t, s in zip(capture.input_tokens, capture.segments) if s == "system")
+    assert "pirate" in system_text and "user" not in system_text

@@ -83,7 +83,7 @@ class Example:
 
     @property
     def label(self) -> str:
-        return f"{self.emotion or 'unlabelled'}: {self.transcript or self.name}"
+        return f"{self.emotion or 'unlabelled'}: {self.transcript or ''} ({self.name})"
 
 
 def markdown_text(text: Any) -> str:
@@ -121,6 +121,11 @@ class Backend:
     @property
     def system_loaded(self) -> bool:
         return self._system is not None
+
+    @property
+    def exports_guarded(self) -> bool:
+        """Whether an admin password guards the ratings (the store reads the env too)."""
+        return self.settings.admin_password is not None or bool(os.environ.get("SEMOLLAMA_ADMIN_PASSWORD"))
 
     @property
     def store(self):

@@ -28,7 +28,12 @@ def capture_last_run(backend: Backend, run: dict | None):
     if not run or run.get("audio") is None:
         raise ValueError("Nothing to inspect yet: run a clip in the Talk tab first.")
     options = DecodingOptions(max_new_tokens=int(run["max_new_tokens"]))
-    return capture_attention(backend.system, run["audio"], options, run.get("system_prompt"))
+    capture = capture_attention(backend.system, run["audio"], options, run.get("system_prompt"))
+    if len(capture.segments) != capture.attentions.shape[-1]:
+        # Seen with a custom system prompt: the labels then do not line up with the positions.
+        raise ValueError(f"The attention capture labelled {len(capture.segments)} positions but has "
+                         f"{capture.attentions.shape[-1]}; clear the custom system prompt in Talk and run again.")
+    return capture
 
 
 def attention_matrix(capture, layer: Any, head: Any) -> tuple[np.ndarray, int, str]:
@@ -81,9 +86,9 @@ def heatmap_figure(capture, layer: Any = 0, head: Any = HEAD_MEAN) -> go.Figure:
     figure.update_yaxes(tickvals=list(range(generated)), ticktext=y_text, autorange="reversed",
                         title="generated token", row=2, col=1)
     figure.update_xaxes(title="input position (system · speech · instruction · generated)", row=2, col=1)
-    figure.update_layout(height=max(360, 120 + 16 * generated), margin=dict(l=60, r=20, t=50, b=40),
+    figure.update_layout(height=max(380, 150 + 16 * generated), margin=dict(l=60, r=20, t=50, b=80),
                          title=f"Attention from generated tokens to input positions, layer {layer}, {head_name}",
-                         legend=dict(orientation="h", y=1.08, x=0.5, xanchor="left"))
+                         legend=dict(orientation="h", y=-0.12, yanchor="top", x=0.5, xanchor="center"))
     return figure
 
 

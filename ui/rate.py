@@ -117,13 +117,21 @@ def results_markdown(report: dict) -> str:
             f"{agreement['n_units']} shared items. Intervals: item bootstrap, {N_BOOT} samples.")
 
 
+def _check_exports_allowed(backend: Backend) -> None:
+    # Without a password anyone could download every annotator's ratings and comments.
+    if not backend.exports_guarded:
+        raise ValueError("Exports are off: set SEMOLLAMA_ADMIN_PASSWORD to enable the CSV export and the Hub push.")
+
+
 def export_csv(backend: Backend, admin_password: str | None) -> str:
+    _check_exports_allowed(backend)
     text = backend.store.export_csv(admin_password or None)
     path = backend.scratch_path("ratings", ".csv")
     return str(write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8")))
 
 
 def push(backend: Backend, admin_password: str | None, repo_id: str | None) -> str:
+    _check_exports_allowed(backend)
     repo = (repo_id or backend.settings.hf_dataset or "").strip()
     if not repo:
         raise ValueError("Enter the Hugging Face dataset repo (owner/name) to push to.")
@@ -185,7 +193,7 @@ def _progress_callback(progress):
 
 
 def _build_results(backend: Backend) -> None:
-    guarded = backend.settings.admin_password is not None or bool(os.environ.get("SEMOLLAMA_ADMIN_PASSWORD"))
+    guarded = backend.exports_guarded
     with gr.Accordion("Results", open=False, elem_id="rate-results-panel"):
         password = gr.Textbox(label="Admin password", type="password", visible=guarded, elem_id="rate-password")
         refresh = gr.Button("Show results", elem_id="rate-results")

@@ -1,0 +1,511 @@
+"""Speed and memory, measured in one run on one machine with one thread count.
+
+- stages for a 3 s espeak-ng clip, `speech_llm` against `cascade`: audio load, ASR,
+  standalone SER, backbone, adapter, time to first token, tokens per second, end to end;
+- generation speed of the default configuration (NF4) and of full precision against
+  llama.cpp on the same GGUF file, same threads, same greedy prompt (token ids);
+- speech_llm decoded by llama.cpp from SEmoLlama's own spliced embeddings
+  (eval/llama_cpp_peer.py), and how often its greedy answers equal the torch ones;
+- LLM memory footprint NF4 against full precision; batch SER throughput at 1, 4, 16.
+
+Every measured call runs once untimed first (warm); figures are medians of --repeats runs.
+
+    python -m eval.bench --out FILE.json [--repeats 5] [--quick] [--threads N]
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .common import EvalError, argument_parser, check_out_path, metadata, positive_int, run_cli, write_json
+
+CLIP_SECONDS = 3.0
+CLIP_TEXT = "They changed the schedule again, and nobody told me."
+# Clips for batch SER (cycled to --ser-utterances): (text, voice, pitch, words per minute).
+SER_CLIPS = [("The bank called about my account.", "en-us", 50, 160),
+             ("I will see you tomorrow at noon.", "en", 80, 190),
+             ("The meeting moved to next week.", "en-us", 25, 120),
+             ("They changed the schedule again.", "en", 65, 210)]
+# The greedy prompt both engines decode; a story runs to the token budget, so the rate is
+# averaged over many tokens.
+GREEDY_SYSTEM_PROMPT = "You are a storyteller. Answer with a long, detailed story."
+GREEDY_USER_TEXT = "Tell me a story about a lighthouse keeper and a lost cat."
+BATCH_SIZES = (1, 4, 16)
+GOAL_RATIO_TO_LLAMA_CPP = 0.5
+GOAL_SER_UTT_PER_S = 5.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    repeats: int = 5            # timed repetitions per figure; the median is reported
+    max_new_tokens: int = 64    # generation budget (tokens/s, end to end)
+    threads: int = 0            # CPU threads for torch, CTranslate2 and llama.cpp; 0: torch's default
+    ser_utterances: int = 16    # utterances per batch-SER figure; 0: one batch of each size
+    agreement_clips: int = 8    # clips on which torch and llama.cpp greedy speech_llm answers are compared
+    warm_each: bool = True      # an untimed run before every figure (else the first run of a path is cold)
+    respond: bool = True        # also time system.respond (all three answers)
+
+    @classmethod
+    def quick(cls, threads: int = 0) -> "BenchOptions":
+        """For tests: one cold repetition, short answers, the least work that still fills every figure."""
+        return cls(repeats=1, max_new_tokens=12, threads=threads, ser_utterances=0, agreement_clips=2,
+                   warm_each=False, respond=False)
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """One streamed greedy answer: time to the first token and the rate of the later ones."""
+    time_to_first_token_s: float
+    tokens: int
+    tokens_per_s: float | None
+    total_s: float
+
+
+# ----------------------------------------------------------------------------- timing
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_seconds(fn: Callable[[], object], options: BenchOptions) -> float:
+    if options.warm_each:
+        fn()
+    return statistics.median(timed(fn) for _ in range(options.repeats))
+
+
+def median_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def time_stream(stream) -> StreamTiming:
+    """Clock a generator that yields once per generated token."""
+    start = time.perf_counter()
+    stamps = [time.perf_counter() for _ in stream]
+    end = time.perf_counter()
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+    return StreamTiming((stamps[0] if stamps else end) - start, len(stamps), rate, end - start)
+
+
+def median_stream(make_stream: Callable[[], object], options: BenchOptions) -> StreamTiming:
+    if options.warm_each:
+        time_stream(make_stream())
+    runs = [time_stream(make_stream()) for _ in range(options.repeats)]
+    return StreamTiming(statistics.median(r.time_to_first_token_s for r in runs),
+                        int(statistics.median(r.tokens for r in runs)),
+                        median_or_none(r.tokens_per_s for r in runs), statistics.median(r.total_s for r in runs))
+
+
+# ----------------------------------------------------------------------------- audio
+
+def synthesise(text: str, path: Path, *, voice: str = "en-us", pitch: int = 50, speed: int = 160,
+               seconds: float | None = CLIP_SECONDS) -> Path:
+    """espeak-ng speech, trimmed or padded with silence to `seconds` so every run times the same length."""
+    from semollama_core.audio import SAMPLE_RATE, load_audio, save_wav
+    import numpy as np
+
+    if shutil.which("espeak-ng") is None:
+        raise EvalError("espeak-ng is not installed (Debian package espeak-ng); the benchmark synthesises its clips.")
+    subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), text],
+                   check=True, capture_output=True)
+    if seconds:
+        audio = load_audio(path)
+        n = int(seconds * SAMPLE_RATE)
+        save_wav(path, np.pad(audio[:n], (0, max(0, n - len(audio)))))
+    return path
+
+
+def make_clips(folder: Path) -> tuple[Path, list[Path]]:
+    """The 3 s clip of the stage timings, and the distinct clips batch SER cycles through."""
+    clip = synthesise(CLIP_TEXT, folder / "clip_3s.wav")
+    ser = [synthesise(text, folder / f"ser_{i}.wav", voice=voice, pitch=pitch, speed=speed)
+           for i, (text, voice, pitch, speed) in enumerate(SER_CLIPS)]
+    return clip, ser
+
+
+# ----------------------------------------------------------------------------- the machine
+
+def machine_info(threads: int) -> dict:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                  if line.startswith("model name")), platform.processor() or None)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu_model": model, "threads": threads, "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "load_average_1_5_15": [round(x, 2) for x in load] if load else None}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------- one clip, stage by stage
+
+def cascade_label(system, clip) -> str:
+    """The cascade's emotion: the standalone SER model, or (none shipped) the LLM's own SER, as respond() does."""
+    from semollama_core.pipeline import PromptInput
+
+    if system.standalone_ser is not None:
+        return system.standalone_emotion(clip).label
+    return system.predict_emotions([PromptInput("speech_llm", system.features(clip))])[0].label
+
+
+def speech_llm_turn(system, path: Path, decoding) -> str:
+    from semollama_core.pipeline import PromptInput
+
+    clip = system.load(str(path))
+    return system.generate([PromptInput("speech_llm", system.features(clip))], decoding)[0]
+
+
+def cascade_turn(system, path: Path, decoding) -> str:
+    from semollama_core.pipeline import PromptInput
+
+    clip = system.load(str(path))
+    transcript = system.transcribe(clip)
+    prompt = PromptInput("cascade", transcript=transcript, emotion=cascade_label(system, clip))
+    return system.generate([prompt], decoding)[0]
+
+
+def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]) -> tuple[dict, dict, dict]:
+    """(stages_s, end_to_end_s, per-system generation) for one clip on the torch path."""
+    from semollama_core.generation import DecodingOptions
+    from semollama_core.pipeline import PromptInput
+
+    decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
+    clip = system.load(str(clip_path))
+    features = system.features(clip)
+    prompts = {"speech_llm": PromptInput("speech_llm", features),
+               "cascade": PromptInput("cascade", transcript=system.transcribe(clip),
+                                      emotion=cascade_label(system, clip))}
+    stages = {"audio_load": median_seconds(lambda: system.load(str(clip_path)), options),
+              "backbone": median_seconds(lambda: system.features(clip), options),
+              "adapter": median_seconds(lambda: system.speech_embeddings([features]), options),
+              "asr": median_seconds(lambda: system.transcribe(clip), options)}
+    if system.standalone_ser is not None:
+        stages["standalone_ser"] = median_seconds(lambda: system.standalone_emotion(clip), options)
+    else:
+        notes.append("No standalone SER model shipped: the cascade used the LLM's own SER label.")
+    generation = {}
+    for name, prompt in prompts.items():
+        timing = median_stream(lambda: system.stream(prompt, decoding), options)
+        generation[name] = {**_rounded(asdict(timing)), "answer": system.generate([prompt], decoding)[0]}
+        stages[f"{name}_time_to_first_token"] = timing.time_to_first_token_s
+        stages[f"{name}_generate"] = median_seconds(lambda: system.generate([prompt], decoding), options)
+    end_to_end = {"speech_llm": median_seconds(lambda: speech_llm_turn(system, clip_path, decoding), options),
+                  "cascade": median_seconds(lambda: cascade_turn(system, clip_path, decoding), options)}
+    stages.update({f"{name}_end_to_end": seconds for name, seconds in end_to_end.items()})
+    return stages, end_to_end, generation
+
+
+def respond_timings(system, clip_path: Path, options: BenchOptions) -> dict:
+    """Medians of system.respond's own stage timings (all three answers for one clip)."""
+    if options.warm_each:
+        system.respond(str(clip_path), max_new_tokens=options.max_new_tokens)
+    runs = [system.respond(str(clip_path), max_new_tokens=options.max_new_tokens).timings_s
+            for _ in range(options.repeats)]
+    return {stage: statistics.median(run[stage] for run in runs) for stage in runs[0]}
+
+
+# ----------------------------------------------------------------------------- batch SER
+
+def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, dict]:
+    """Utterances per second of system.predict_emotions at each batch size: from audio, and from features."""
+    from semollama_core.pipeline import PromptInput
+
+    from .common import batches
+
+    features = {p: system.features(system.load(str(p))) for p in clips}
+    end_to_end, from_features = {}, {}
+    for size in BATCH_SIZES:
+        paths = [clips[i % len(clips)] for i in range(options.ser_utterances or size)]
+
+        def run_from_audio():
+            for chunk in batches(paths, size):
+                system.predict_emotions([PromptInput("speech_llm", system.features(system.load(str(p))))
+                                         for p in chunk])
+
+        def run_from_features():
+            for chunk in batches(paths, size):
+                system.predict_emotions([PromptInput("speech_llm", features[p]) for p in chunk])
+
+        end_to_end[str(size)] = len(paths) / median_seconds(run_from_audio, options)
+        from_features[str(size)] = len(paths) / median_seconds(run_from_features, options)
+    return end_to_end, from_features
+
+
+# ----------------------------------------------------------------------------- generation speed
+
+def greedy_prompt(system) -> tuple[object, list[int]]:
+    """The prompt both engines decode: as a PromptInput for SEmoLlama, as token ids for llama.cpp."""
+    from semollama_core import prompts
+    from semollama_core.pipeline import PromptInput
+
+    prompt = PromptInput("text_only", transcript=GREEDY_USER_TEXT)
+    text = prompts.render_chat(system.tokenizer, prompts.text_turn(GREEDY_USER_TEXT), GREEDY_SYSTEM_PROMPT)
+    ids = system.tokenizer(text, add_special_tokens=False)["input_ids"]
+    spliced = system.encode_prompts([prompt], system_prompt=GREEDY_SYSTEM_PROMPT)
+    if int(spliced.attention_mask.sum()) != len(ids):  # the two engines must read the same prompt
+        raise RuntimeError(f"The greedy prompt has {len(ids)} token ids but SEmoLlama spliced "
+                           f"{int(spliced.attention_mask.sum())} positions.")
+    return prompt, ids
+
+
+def torch_generation(system, options: BenchOptions) -> dict:
+    from semollama_core.generation import DecodingOptions
+
+    prompt, ids = greedy_prompt(system)
+    decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
+    timing = median_stream(lambda: system.stream(prompt, decoding, GREEDY_SYSTEM_PROMPT), options)
+    answer = system.generate([prompt], decoding, GREEDY_SYSTEM_PROMPT)[0]
+    return {**_rounded(asdict(timing)), "prompt_tokens": len(ids), "answer": answer}
+
+
+def speech_answers(system, paths: list[Path], options: BenchOptions) -> list[str]:
+    from semollama_core.generation import DecodingOptions
+
+    decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
+    return [speech_llm_turn(system, p, decoding) for p in paths]
+
+
+def example_clips(count: int, fallback: list[Path]) -> list[Path]:
+    """The shipped example clips (real recordings of the demo), else the synthesised ones."""
+    from semollama_core.config import ASSETS
+
+    found = sorted((ASSETS / "examples").glob("*.wav")) or list(dict.fromkeys(fallback))
+    return found[:count]
+
+
+def _rounded(values: dict, digits: int = 4) -> dict:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
+
+
+# ----------------------------------------------------------------------------- the llama.cpp peer
+
+def llama_cpp_report(system, clip_path: Path, agreement_paths: list[Path], torch_answers: dict[str, list[str]],
+                     torch_text_answers: dict[str, str], threads: int, options: BenchOptions) -> dict:
+    """llama.cpp on the same GGUF and threads: the greedy text prompt, and speech_llm from spliced embeddings."""
+    from .llama_cpp_peer import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
+
+    try:
+        version = getattr(llama_cpp_module(), "__version__", None)
+    except LlamaCppUnavailable as e:
+        return {"available": False, "note": f"not measured: {e}"}
+    model = LlamaCppModel(n_threads=threads)
+    try:
+        peer = LlamaCppSpeechLLM(system, model=model)
+        _, ids = greedy_prompt(system)
+        text = _median_runs(lambda: model.generate_from_tokens(ids, options.max_new_tokens, system.stop_ids),
+                            options)
+        text["answer"] = peer.decode(model.generate_from_tokens(ids, options.max_new_tokens, system.stop_ids))
+        text["same_answer_as_torch"] = {q: answer == text["answer"] for q, answer in torch_text_answers.items()}
+        speech = _speech_on_llama_cpp(peer, clip_path, options)
+        agreement = _agreement(peer, agreement_paths, torch_answers, options)
+        return {"available": True, "version": version, "gguf": str(model.path), "threads": threads,
+                "footprint_mb": round(model.footprint_mb(), 1), "greedy_text_prompt": text,
+                "speech_llm": speech, "greedy_agreement": agreement}
+    finally:
+        model.close()
+
+
+def _median_runs(run: Callable[[], object], options: BenchOptions) -> dict:
+    """Medians over GreedyRun results; time to first token counts everything before the first pick."""
+    if options.warm_each:
+        run()
+    results = []
+    for _ in range(options.repeats):
+        start = time.perf_counter()
+        result = run()
+        results.append((time.perf_counter() - start, result))
+    return _rounded({"time_to_first_token_s": statistics.median(total - r.decode_s for total, r in results),
+                     "tokens": int(statistics.median(len(r.token_ids) for _, r in results)),
+                     "tokens_per_s": median_or_none(r.tokens_per_s for _, r in results),
+                     "total_s": statistics.median(total for total, _ in results)})
+
+
+def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
+    from semollama_core.pipeline import PromptInput
+
+    system = peer.system
+    features = system.features(system.load(str(clip_path)))
+    prompt = PromptInput("speech_llm", features)
+    figures = _median_runs(lambda: peer.run(prompt, options.max_new_tokens), options)
+
+    def end_to_end():
+        clip = system.load(str(clip_path))
+        return peer.run(PromptInput("speech_llm", system.features(clip)), options.max_new_tokens)
+
+    figures["end_to_end_s"] = round(median_seconds(end_to_end, options), 4)
+    figures["answer"] = peer.generate(prompt, options.max_new_tokens)
+    return figures
+
+
+def _agreement(peer, paths: list[Path], torch_answers: dict[str, list[str]], options: BenchOptions) -> dict:
+    """How often llama.cpp's greedy speech_llm answer equals the torch one, clip by clip."""
+    from semollama_core.pipeline import PromptInput
+
+    system = peer.system
+    ours = [peer.generate(PromptInput("speech_llm", system.features(system.load(str(p)))), options.max_new_tokens)
+            for p in paths]
+    rates = {f"torch_{q}": sum(a == b for a, b in zip(answers, ours)) / len(paths)
+             for q, answers in torch_answers.items()}
+    examples = [{"clip": p.name, "llama_cpp": ours[i], **{f"torch_{q}": a[i] for q, a in torch_answers.items()}}
+                for i, p in enumerate(paths[:3])]
+    return {"clips": len(paths), "same_answer_rate": rates, "examples": examples}
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+def run_bench(options: BenchOptions) -> dict:
+    import torch
+
+    from semollama_core.config import SEmoConfig
+    from semollama_core.pipeline import load_system
+
+    notes: list[str] = []
+    threads = options.threads or torch.get_num_threads()
+    base = SEmoConfig.from_env(threads=threads)
+    if base.quantization != SEmoConfig().quantization:
+        notes.append(f"SEMOLLAMA settings ask for {base.quantization}; 'ours' is still the default, "
+                     f"{SEmoConfig().quantization}.")
+    with tempfile.TemporaryDirectory(prefix="semollama-bench-") as folder:
+        clip, ser_paths = make_clips(Path(folder))
+        agreement_paths = example_clips(options.agreement_clips, ser_paths)
+        default = load_system(base.replace(quantization=SEmoConfig().quantization))
+        machine = machine_info(threads)
+        stages, end_to_end, per_system = stage_times(default, clip, options, notes)
+        respond = respond_timings(default, clip, options) if options.respond else {}
+        ser_from_audio, ser_from_features = batch_ser(default, ser_paths, options)
+        generation = {"nf4": torch_generation(default, options)}
+        answers = {"nf4": speech_answers(default, agreement_paths, options)}
+        footprint = {"nf4": default.llm.footprint_mb()}
+        full = load_system(base.replace(quantization="none"))
+        generation["none"] = torch_generation(full, options)
+        answers["none"] = speech_answers(full, agreement_paths, options)
+        footprint["none"] = full.llm.footprint_mb()
+        del full
+        peer = llama_cpp_report(default, clip, agreement_paths, answers,
+                                {q: g["answer"] for q, g in generation.items()}, threads, options)
+        describe = metadata(None, default)
+    if not default.trained:
+        notes.append("The speech adapter is untrained (fresh): speech_llm answers are noise, so their "
+                     "length, and the speech_llm generate/end-to-end times, are not those of a trained model.")
+    return assemble(options, machine, stages, end_to_end, per_system, respond, ser_from_audio, ser_from_features,
+                    generation, footprint, peer, notes, describe)
+
+
+def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from_audio, ser_from_features,
+             generation, footprint, peer, notes, describe) -> dict:
+    ours, fp32 = generation["nf4"]["tokens_per_s"], generation["none"]["tokens_per_s"]
+    peer_text = peer.get("greedy_text_prompt", {})
+    peer_rate = peer_text.get("tokens_per_s")
+    peer_speech = peer.get("speech_llm", {})
+    if not peer["available"]:
+        notes.append(f"llama.cpp: {peer['note']}")
+    ratio = ours / peer_rate if ours and peer_rate else None
+    result = {
+        "tokens_per_s": {"ours": ours, "llama_cpp": peer_rate, "ratio_to_llama_cpp": _round(ratio),
+                         "ours_fp32": fp32, "ratio_fp32_to_llama_cpp": _round(fp32 / peer_rate if fp32 and peer_rate else None),
+                         "speech_llm_llama_cpp_decode": peer_speech.get("tokens_per_s")},
+        "time_to_first_token_s": {"ours": generation["nf4"]["time_to_first_token_s"],
+                                  "ours_fp32": generation["none"]["time_to_first_token_s"],
+                                  "llama_cpp": peer_text.get("time_to_first_token_s")},
+        "end_to_end_s": {**_rounded(end_to_end), "speech_llm_llama_cpp_decode": peer_speech.get("end_to_end_s")},
+        "stages_s": _rounded(stages),
+        "generation_by_system": per_system,
+        "greedy_text_prompt": {**generation, "system_prompt": GREEDY_SYSTEM_PROMPT, "user": GREEDY_USER_TEXT},
+        "batch_ser_utt_per_s": _rounded(ser_from_audio, 3),
+        "batch_ser_from_features_utt_per_s": _rounded(ser_from_features, 3),
+        "llm_footprint_mb": _rounded(footprint, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "respond_timings_s": _rounded(respond),
+        "llama_cpp": peer,
+        "goals": goals(ratio, end_to_end, ser_from_audio),
+        "machine": machine,
+        "settings": {**asdict(options), "threads": machine["threads"], "clip_seconds": CLIP_SECONDS,
+                     "clip_text": CLIP_TEXT, "batch_sizes": list(BATCH_SIZES),
+                     "statistic": f"median of {options.repeats} run(s)"
+                                  + (" after an untimed warm-up run" if options.warm_each else ", no warm-up (cold)")},
+        "notes": notes,
+        "metadata": describe,
+    }
+    return result
+
+
+def goals(ratio, end_to_end, ser_from_audio) -> dict:
+    best_ser = max(ser_from_audio.values())
+    return {
+        "generation_at_least_half_of_llama_cpp": {"target_ratio": GOAL_RATIO_TO_LLAMA_CPP, "ratio": _round(ratio),
+                                                  "met": None if ratio is None else ratio >= GOAL_RATIO_TO_LLAMA_CPP},
+        "speech_llm_faster_than_cascade": {"speech_llm_s": round(end_to_end["speech_llm"], 4),
+                                           "cascade_s": round(end_to_end["cascade"], 4),
+                                           "met": end_to_end["speech_llm"] < end_to_end["cascade"]},
+        "batch_ser_at_least_5_utt_per_s": {"target": GOAL_SER_UTT_PER_S, "best_utt_per_s": round(best_ser, 3),
+                                           "met": best_ser >= GOAL_SER_UTT_PER_S},
+    }
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def check_out_folder(out: Path) -> None:
+    """Fail before any model loads when the output cannot be written."""
+    folder = out.parent if str(out.parent) else Path(".")
+    existing = next(p for p in [folder, *folder.parents, Path(".")] if p.exists())
+    if not existing.is_dir():
+        raise EvalError(f"--out {out}: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK):
+        raise EvalError(f"--out {out}: the folder {existing} is not writable.")
+
+
+def main(argv: list[str]) -> int:
+    parser = argument_parser("python -m eval.bench", "Measure speed and memory (speech_llm against cascade, "
+                             "SEmoLlama against llama.cpp on the same GGUF, NF4 against full precision, "
+                             "batch SER) and write them as JSON.")
+    parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument("--repeats", type=positive_int, default=BenchOptions.repeats,
+                        help="timed repetitions per figure; medians are reported (default %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="for tests: one cold repetition, 12 new tokens, one batch per SER batch size, "
+                             "2 agreement clips, no respond timings")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for every engine (default: torch's default)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help=f"generation budget (default {BenchOptions.max_new_tokens}, 12 with --quick)")
+    args = parser.parse_args(argv)
+    out = check_out_path(args.out)
+    check_out_folder(out)
+    options = BenchOptions.quick(args.threads or 0) if args.quick else BenchOptions(repeats=args.repeats,
+                                                                                       threads=args.threads or 0)
+    if args.max_new_tokens:
+        if args.max_new_tokens > 1024:
+            raise EvalError(f"--max-new-tokens must be at most 1024, not {args.max_new_tokens}.")
+        options = BenchOptions(**{**asdict(options), "max_new_tokens": args.max_new_tokens})
+    write_json(out, run_bench(options))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
