@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 from semollama_core.generation import DecodingOptions
 from semollama_core.pipeline import PromptInput
@@ -188,7 +189,7 @@ def main(argv: list[str]) -> int:
                         help="text_only and cascade read the manifest's transcripts instead of ASR")
     parser.add_argument("--judge", action="store_true", help="also score answers with the LLM judge (eval/judge.py)")
     parser.add_argument("--bertscore", action="store_true", help="compute BERTScore (needs bert-score and the hub)")
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), help="override the LLM quantization")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw answers; run no model")
     args = parser.parse_args(argv)
     out = check_out_path(args.out)

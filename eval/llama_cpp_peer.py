@@ -4,8 +4,9 @@ by llama.cpp (`llama-cpp-python`, requirements-bench.txt), fed either token ids 
 feeds image embeddings: `llama_batch_init(n, n_embd, 1)` with `batch.embd`, then `llama_decode`.
 
 The torch path stays the one for training, label scoring and attention; this is a faster
-decode path for the same frozen weights (Q4_1 in the GGUF, NF4 in torch, so greedy answers
-can differ where two tokens are close).
+decode path for the same frozen weights. llama.cpp multiplies the GGUF's Q4_1 weights with
+8-bit activations, torch the same weights dequantized (fp32) or requantized (NF4), so greedy
+answers can part where two tokens are close.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class GreedyRun:
     token_ids: list[int]
     prompt_tokens: int
     time_to_first_token_s: float   # prompt evaluation and the first pick
-    decode_s: float                # every later token
+    decode_s: float                # from the first kept token to the last one
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -97,16 +98,14 @@ class LlamaCppModel:
         start = time.perf_counter()
         feed_prompt()
         token, tokens = self._argmax(), []
-        first = time.perf_counter()
-        for position in range(prompt_len, prompt_len + max_new_tokens):
-            if token in stop_ids:
-                break
+        first = known = last_kept = time.perf_counter()
+        while token not in stop_ids and len(tokens) < max_new_tokens:
             tokens.append(token)
-            if len(tokens) == max_new_tokens:
-                break
-            self._decode_token(token, position)
-            token = self._argmax()
-        return GreedyRun(tokens, prompt_len, first - start, time.perf_counter() - first)
+            last_kept = known  # a stop token's own step is not generation time
+            if len(tokens) < max_new_tokens:
+                self._decode_token(token, prompt_len + len(tokens) - 1)
+                token, known = self._argmax(), time.perf_counter()
+        return GreedyRun(tokens, prompt_len, first - start, last_kept - first)
 
     def _argmax(self) -> int:
         logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 
 from .common import (EvalError, argument_parser, batches, check_out_path, config_labels, label_set,
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output JSON; raw predictions go to OUT.predictions.jsonl")
     parser.add_argument("--limit", type=positive_int, help="use only the first N train and N test rows")
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), help="override the LLM quantization")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw predictions; run no model")
     args = parser.parse_args(argv)
     out = check_out_path(args.out)

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 
 from .common import (AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default=AUTO_SPLIT, help="rows to evaluate (default: test if present, else all)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), help="override the LLM quantization")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw predictions; run no model")
     args = parser.parse_args(argv)
     out = Path(args.out)

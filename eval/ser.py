@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 from semollama_core.pipeline import PromptInput
 
@@ -255,7 +256,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--given-transcripts", action="store_true",
                         help="text_only reads the manifest's transcripts instead of ASR")
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none"), help="override the LLM quantization")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw predictions; run no model")
     parser.add_argument("--no-figure", action="store_true", help="skip the confusion-matrix figure")
     args = parser.parse_args(argv)

@@ -34,13 +34,15 @@ def quiet_libraries() -> None:
 
 
 def respond_main(argv: list[str]) -> int:
+    from .config import QUANTIZATIONS
+
     parser = argparse.ArgumentParser(prog="python -m semollama_core respond",
                                      description="Answer one clip with speech_llm, text_only and cascade; print JSON.")
     parser.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")
     parser.add_argument("--transcript", help="use this transcript instead of ASR")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    parser.add_argument("--quantization", choices=("nf4", "int8", "none", "bf16"), default=None)
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None)
     args = parser.parse_args(argv)
     from .audio import load_audio
     from .config import SEmoConfig

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import prompts
+from .config import QUANTIZATIONS
 from .generation import DecodingOptions
 
 TASKS_EMOTION = ("respond", "ser", "asr", "caption")   # the speech_llm encoder's tasks
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS_EMOTION + ("respond_neutral",)))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=TARGET_DECODING.max_new_tokens)
-    parser.add_argument("--quantization", default="bf16", choices=("nf4", "int8", "none", "bf16"))
+    parser.add_argument("--quantization", default="bf16", choices=QUANTIZATIONS)
     args = parser.parse_args(argv)
     from .config import SEmoConfig
     from .pipeline import load_system
