@@ -53,7 +53,7 @@ class LoadOptions:
     ratings_per_annotator: int = 2       # submits per annotator (fewer when the set runs out)
     max_new_tokens: int = 8              # per answer: keeps a Talk run short on a CPU
     timeout_s: float = 900.0             # global bound on the whole run, startup included
-    retries: int = 5                     # an annotator told "queue full" tries again this often
+    retries: int = 60                    # an annotator told "queue full" tries again (about 2 min)
     audio: str = str(EXAMPLES / "neutral_1.wav")  # the clip every Talk request sends
     seed: int = 0
 
@@ -62,8 +62,10 @@ class LoadOptions:
             raise EvalError(f"--talk must be 0 to {MAX_TALK} and --annotators 0 to {MAX_ANNOTATORS}.")
         if self.talk + self.annotators == 0:
             raise EvalError("Nothing to do: --talk and --annotators are both 0.")
-        if not 1 <= self.max_new_tokens <= 256 or self.timeout_s <= 0 or self.ratings_per_annotator < 1:
-            raise EvalError("--max-new-tokens must be 1 to 256, --timeout positive, ratings per annotator >= 1.")
+        if not 1 <= self.max_new_tokens <= 256 or self.timeout_s <= 0 or self.ratings_per_annotator < 1 \
+                or not 0 <= self.retries <= 1000:
+            raise EvalError("--max-new-tokens must be 1 to 256, --timeout positive, --retries 0 to 1000, "
+                            "ratings per annotator at least 1.")
 
 
 @dataclass(frozen=True)
@@ -398,34 +400,40 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=LoadOptions.timeout_s,
                         help="global bound in seconds (default %(default)s)")
     parser.add_argument("--url", help="a running app on 127.0.0.1 (default: start one)")
+    parser.add_argument("--queue-size", type=positive_int, default=None,
+                        help="the started app's queue limit (SEMOLLAMA_QUEUE_SIZE; default the app's own)")
     parser.add_argument("--db", help="its ratings database URL, for the exactly-once check (with --url)")
     parser.add_argument("--audio", default=LoadOptions.audio, help="the clip Talk requests send")
+    parser.add_argument("--retries", type=int, default=LoadOptions.retries,
+                        help="times an annotator told 'queue full' presses again (default %(default)s)")
     args = parser.parse_args(argv)
     out = check_out_path(args.out)
     if not Path(args.audio).is_file():
         raise EvalError(f"--audio {args.audio} is not a file.")
     options = LoadOptions(talk=args.talk, annotators=args.annotators, ratings_per_annotator=args.ratings_per_annotator,
-                          max_new_tokens=args.max_new_tokens, timeout_s=args.timeout, audio=args.audio)
+                          max_new_tokens=args.max_new_tokens, timeout_s=args.timeout, audio=args.audio,
+                          retries=args.retries)
     if args.url:
         report = {**run_load(args.url, options, args.db), "own_server": False}
     else:
-        report = _run_with_own_server(options)
+        env = {"SEMOLLAMA_QUEUE_SIZE": str(args.queue_size)} if args.queue_size else None
+        report = _run_with_own_server(options, env)
     write_json(out, report)
     print(summary_line(report))
     print(out)
     return 0 if report["totals"]["errors"] == 0 and report["db_check"]["ok"] is not False else 1
 
 
-def _run_with_own_server(options: LoadOptions) -> dict:
+def _run_with_own_server(options: LoadOptions, env: dict | None = None) -> dict:
     deadline = time.monotonic() + options.timeout_s
     with tempfile.TemporaryDirectory(prefix="semollama-loadtest-") as folder:
-        server = start_server(Path(folder), options, deadline)
+        server = start_server(Path(folder), options, deadline, env)
         try:
             remaining = LoadOptions(**{**asdict(options), "timeout_s": max(1.0, deadline - time.monotonic())})
             report = run_load(server.url, remaining, server.db_url)
         finally:
             server.stop()
-        return {**report, "options": asdict(options), "own_server": True}
+        return {**report, "options": asdict(options), "own_server": True, "server_env": env or {}}
 
 
 def summary_line(report: dict) -> str:

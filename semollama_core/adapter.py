@@ -42,6 +42,7 @@ class AdapterConfig:
     backbone: str = ""
     labels: tuple[str, ...] = ()
     task_mix: str = ""               # what it was aligned on, for the model card
+    emotion_token: bool = True       # prepend one token: emotion posterior x label-word embeddings
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -72,6 +73,13 @@ class SpeechAdapter(nn.Module):
         # Unit-RMS outputs times a learnt gain that starts at the token-embedding RMS.
         self.out_norm = nn.LayerNorm(config.llm_dim, elementwise_affine=False)
         self.gain = nn.Parameter(torch.tensor(float(config.embed_rms)))
+        # Emotion classifier on pooled states plus utterance prosody statistics. Its posterior
+        # mixes learnt embeddings, initialised from the LLM's own embeddings of the label
+        # words, into one extra speech token the frozen LLM can read from the first step.
+        n_labels = max(1, len(config.labels))
+        self.emotion_head = nn.Sequential(nn.Linear(config.d_model + PROSODY_STATS_DIM, 128), nn.GELU(),
+                                          nn.Linear(128, n_labels))
+        self.emotion_embeddings = nn.Parameter(torch.randn(n_labels, config.llm_dim) * config.embed_rms)
 
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(frame_lengths + self.config.stack - 1, self.config.stack, rounding_mode="floor")
@@ -79,6 +87,38 @@ class SpeechAdapter(nn.Module):
     def forward(self, backbone_states: torch.Tensor, prosody: torch.Tensor,
                 frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[batch, frames, dims] -> speech embeddings [batch, tokens, llm_dim] and their lengths."""
+        embeddings, lengths, _ = self.encode_all(backbone_states, prosody, frame_lengths)
+        return embeddings, lengths
+
+    def encode_all(self, backbone_states, prosody, frame_lengths):
+        """Speech embeddings, their lengths, and the emotion logits (for the auxiliary loss)."""
+        hidden, lengths = self.encode(backbone_states, prosody, frame_lengths)
+        tokens = self.to_llm(hidden)
+        logits = self.emotion_logits(hidden, lengths, prosody_stats(prosody, frame_lengths))
+        if self.config.emotion_token:
+            emotion = torch.softmax(logits, dim=-1) @ self.emotion_embeddings
+            tokens = torch.cat([emotion[:, None].to(tokens.dtype), tokens], dim=1)
+            lengths = lengths + 1
+        return tokens, lengths, logits
+
+    def to_llm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(self.project(hidden)) * self.gain
+
+    def emotion_logits(self, hidden: torch.Tensor, lengths: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(hidden.dtype)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.emotion_head(torch.cat([pooled, stats.to(pooled.dtype)], dim=-1))
+
+    @torch.no_grad()
+    def init_emotion_embeddings(self, embed_tokens: nn.Embedding, label_token_ids: list[list[int]]) -> None:
+        """Start each emotion embedding at the LLM's embedding of its label word."""
+        weight = embed_tokens.weight
+        rows = [weight[torch.tensor(ids, device=weight.device)].float().mean(0) for ids in label_token_ids]
+        self.emotion_embeddings.copy_(torch.stack(rows).to(self.emotion_embeddings.device))
+
+    def encode(self, backbone_states: torch.Tensor, prosody: torch.Tensor,
+               frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conformer states [batch, tokens, d_model] before the projection, and their lengths."""
         x = torch.cat([self.backbone_norm(backbone_states), self.prosody_proj(prosody)], dim=-1)
         batch, frames, width = x.shape
         pad = (-frames) % self.config.stack
@@ -86,8 +126,27 @@ class SpeechAdapter(nn.Module):
             x = nn.functional.pad(x, (0, 0, 0, pad))
         x = x.reshape(batch, (frames + pad) // self.config.stack, width * self.config.stack)
         lengths = self.output_lengths(frame_lengths).clamp(min=1, max=x.shape[1])
-        x, lengths = self.conformer(self.downsample(x), lengths)
-        return self.out_norm(self.project(x)) * self.gain, lengths
+        return self.conformer(self.downsample(x), lengths)
+
+
+PROSODY_STATS_DIM = 2 * PROSODY_DIM + 5
+
+
+def prosody_stats(prosody: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """Utterance functionals of the prosody frames: mean and spread of each feature, pitch
+    level and range over voiced frames, and the voiced share (a speaking-rate proxy)."""
+    frames = torch.arange(prosody.shape[1], device=prosody.device)[None] < frame_lengths[:, None]
+    valid = frames.to(prosody.dtype)[..., None]
+    n = valid.sum(1).clamp(min=1)
+    mean = (prosody * valid).sum(1) / n
+    std = (((prosody - mean[:, None]) ** 2 * valid).sum(1) / n).sqrt()
+    voiced = (frames & (prosody[..., 0] != 0)).to(prosody.dtype)[..., None]
+    nv = voiced.sum(1).clamp(min=1)
+    pitch = prosody[..., :2]
+    vmean = (pitch * voiced).sum(1) / nv
+    vstd = (((pitch - vmean[:, None]) ** 2 * voiced).sum(1) / nv).sqrt()
+    share = voiced.sum(1) / n
+    return torch.cat([mean, std, vmean, vstd, share], dim=-1)
 
 
 def save_adapter(adapter: SpeechAdapter, folder: str | os.PathLike, dtype=torch.float16,
@@ -120,8 +179,10 @@ def resolve_checkpoint(location: str) -> Path:
 
             return Path(snapshot_download(location, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, "*.md"]))
         except Exception as e:
-            raise CheckpointError(f"Cannot fetch the adapter {location!r} from the Hub "
-                                  f"({type(e).__name__}); use a local folder.") from None
+            # "runs/adapter" may as well be a mistyped local folder: say both.
+            raise CheckpointError(f"No adapter checkpoint folder at {path}, and {location!r} cannot be fetched "
+                                  f"from the Hub ({type(e).__name__}); point adapter at a local checkpoint "
+                                  "folder or train one with `python -m semollama_core train`.") from None
     raise CheckpointError(f"No adapter checkpoint at {path}; train one with `python -m semollama_core "
                           "train` or set adapter to None for a fresh one.")
 
@@ -166,4 +227,4 @@ def _check_state(adapter: nn.Module, state: dict, path: Path) -> None:
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, expected "
-                                  f"{tuple(expected[name].shape)}.")
+                                  f"{tuple(expected[name].shape)} from {CONFIG_FILE}. Retrain or restore it.")

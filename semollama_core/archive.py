@@ -103,7 +103,8 @@ def _safe_entry_name(zip_path: Path, info: zipfile.ZipInfo) -> str | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise ArchiveError(f"{zip_path}: entry {raw!r} is a symbolic link; refused")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # Only the type bits count: zipfile.writestr and other tools store bare permissions (0o600).
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise ArchiveError(f"{zip_path}: entry {raw!r} is not a plain file or folder; refused")
     normal = posixpath.normpath(name)
     if normal in (".", "") or name.startswith(IGNORED_PREFIXES) or posixpath.basename(normal) == ".DS_Store":

@@ -75,6 +75,7 @@ def embedded_llm_path(cache_dir: str | os.PathLike) -> Path:
     cache = Path(cache_dir)
     target = cache / "smollm2-135m-instruct"
     if (target / COMPLETE_MARKER).is_file():
+        _remove_stale_staging(cache)
         return target
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -85,8 +86,17 @@ def embedded_llm_path(cache_dir: str | os.PathLike) -> Path:
     with lock_file, _locked(lock_file):
         if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
             return target
+        _remove_stale_staging(cache)
         _convert_gguf(target)
     return target
+
+
+def _remove_stale_staging(cache: Path) -> None:
+    """A run killed mid-conversion skips its cleanup and leaves a model-sized staging folder.
+    Staging only exists while the target is incomplete and the lock is held, so once the
+    target is complete, or under the lock, any staging folder left is stale."""
+    for stale in cache.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import prompts
 from .adapter import SpeechAdapter, save_adapter
-from .encoder import SpeechFeatures, speech_embeddings
+from .encoder import SpeechFeatures, collate_features
 from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
                       prosody_phrase, specs_for)
 
@@ -34,11 +34,12 @@ class TrainOptions:
     steps: int = 600
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     warmup: int = 30
     weight_decay: float = 0.01
     kl_weight: float = 0.0             # > 0 adds KL to the teacher's next-token distributions
-    task_weights: str = "respond:0.35,ser:0.35,asr:0.15,caption:0.15"
+    aux_weight: float = 1.0            # auxiliary emotion CE on pooled adapter states (emotion mode only)
+    task_weights: str = "respond:0.3,ser:0.45,asr:0.1,caption:0.15"
     eval_every: int = 100
     save_every: int = 100
     dev_limit: int = 64
@@ -228,11 +229,22 @@ def _teacher_turn(ex: Example) -> str:
 
 
 def alignment_loss(system, adapter, batcher, examples, features, options: TrainOptions, device):
-    speech = speech_embeddings(adapter, [features[ex.clip] for ex in examples], device)
+    states, prosody, lengths = collate_features([features[ex.clip] for ex in examples], device)
+    projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths)
+    speech = [projected[i, : int(n)] for i, n in enumerate(out_lengths)]
     embeds, mask, labels = batcher.rows(examples, speech)
     logits, targets = response_logits(system.llm.model, embeds, mask, labels)
     loss = torch.nn.functional.cross_entropy(logits, targets)
     stats = {"ce": float(loss.detach())}
+    if options.aux_weight > 0 and options.mode == "emotion":
+        labels_set = list(adapter.config.labels)
+        known = [i for i, ex in enumerate(examples) if ex.emotion in labels_set]
+        if known:
+            aux_logits = emotion_logits[known]
+            aux_target = torch.tensor([labels_set.index(examples[i].emotion) for i in known], device=aux_logits.device)
+            aux = torch.nn.functional.cross_entropy(aux_logits.float(), aux_target)
+            loss = loss + options.aux_weight * aux
+            stats["aux"] = float(aux.detach())
     if options.kl_weight > 0 and options.mode == "emotion":
         teacher = teacher_logits(system, batcher, examples)
         kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(teacher, -1),
@@ -309,7 +321,10 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
         raise ValueError(f"{manifest} has no training examples (split 'train' with transcripts and emotions).")
     adapter = system.adapter
     adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
-                                                "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3"})
+                                                "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3",
+                                                "emotion_token": options.mode == "emotion"})
+    if not resume and options.mode == "emotion":
+        adapter.init_emotion_embeddings(system.llm.embed_tokens, system.label_token_ids(tuple(config.labels)))
     adapter.train()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / options.warmup) *
@@ -327,7 +342,7 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     log = open(log_path, "a", newline="")
     writer = csv.writer(log)
     if start_step == 0:
-        writer.writerow(["step", "loss", "ce", "kl", "lr", "dev_ser_ua", "dev_nll", "elapsed_s"])
+        writer.writerow(["step", "loss", "ce", "kl", "aux", "lr", "dev_ser_ua", "dev_nll", "elapsed_s"])
     started = time.time()
     bar = tqdm(range(start_step, options.steps), desc=f"train[{options.mode}]", unit="step", initial=start_step,
                total=options.steps, disable=not accelerator.is_local_main_process)
@@ -343,7 +358,7 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
         row = {"step": step + 1, "loss": float(loss), **stats, "lr": schedule.get_last_lr()[0]}
         if (step + 1) % options.eval_every == 0 or step + 1 == options.steps:
             row.update(dev_metrics(system, accelerator.unwrap_model(adapter), batcher, clips["dev"], dev_ex, options, device))
-        writer.writerow([row.get(k, "") for k in ("step", "loss", "ce", "kl", "lr", "dev_ser_ua", "dev_nll")]
+        writer.writerow([row.get(k, "") for k in ("step", "loss", "ce", "kl", "aux", "lr", "dev_ser_ua", "dev_nll")]
                         + [round(time.time() - started, 1)])
         log.flush()
         bar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in row.items() if k.startswith("dev")})

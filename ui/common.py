@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 from typing import Callable
 
@@ -14,7 +15,9 @@ MODEL_CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Bad input (any ValueError: audio, manifest, rating, archive) shows gr.Error's one line."""
+    """Bad input (any ValueError: audio, manifest, rating, archive) shows gr.Error's one line.
+    gr.Error renders its message as HTML and messages quote user text (file names, manifest
+    paths, annotator ids), so the line is HTML-escaped."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def stream(*args, **kwargs):
@@ -23,7 +26,7 @@ def user_errors(fn: Callable) -> Callable:
             except gr.Error:
                 raise
             except ValueError as error:
-                raise gr.Error(one_line(error)) from None
+                raise gr.Error(html.escape(one_line(error), quote=False)) from None
         return stream
 
     @functools.wraps(fn)
@@ -33,5 +36,5 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except ValueError as error:
-            raise gr.Error(one_line(error)) from None
+            raise gr.Error(html.escape(one_line(error), quote=False)) from None
     return call

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every figure in the model card and eval/README.md, on the synthetic test split
+# (unseen sentences and voices). Results go to results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+M=data/synth/manifest.jsonl
+mkdir -p results
+python -m eval.ser "$M" --out results/ser.json --systems speech_llm,text_only,standalone,neutral_aligned
+python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-96}"
+python -m eval.probe "$M" --out results/probe.json
+python -m eval.robustness "$M" --out results/robustness --limit "${ROBUST_LIMIT:-96}"
+python -m eval.bench --out results/bench.json
