@@ -93,8 +93,10 @@ class SEmoLlama:
     def _adapter(self, location: str | None):
         from pathlib import Path
 
-        if location and not Path(location).exists() and Path(location).is_absolute():
-            location = None  # no shipped checkpoint yet: a fresh adapter (answers are noise)
+        from .config import ASSETS
+
+        if location and Path(location) == ASSETS / "speech_llm" and not Path(location).exists():
+            location = None  # the default checkpoint is not shipped: a fresh adapter (answers are noise)
         return build_adapter(location, llm_name=self.config.llm, llm_dim=self.llm.hidden_size,
                              embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
                              backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)

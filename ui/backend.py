@@ -58,7 +58,7 @@ class AppSettings:
     # Upload limit for every file (audio, manifests, zips), in MB.
     max_upload_mb: int = 100
     # Waiting requests before the queue refuses more (protects the CPU).
-    queue_size: int = 16
+    queue_size: int = 64  # Talk and Rate share it: 20 talkers + 50 annotators must fit
 
     @classmethod
     def from_env(cls) -> "AppSettings":
