@@ -164,6 +164,7 @@ def save_adapter(adapter: SpeechAdapter, folder: str | os.PathLike, dtype=torch.
             save_file(tensors, tmp, metadata={"format": "pt", **(extra or {})})
         else:
             Path(tmp).write_text(payload)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shipped and shared
         os.replace(tmp, folder / name)
     return folder
 

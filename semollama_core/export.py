@@ -28,6 +28,17 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} threads, {gpu}"
 
 
+def _total_elapsed(log: list[dict]) -> float:
+    """Elapsed time restarts at every --resume: add up each segment's last value."""
+    total, previous = 0.0, 0.0
+    for row in log:
+        elapsed = float(row["elapsed_s"])
+        if elapsed < previous:
+            total += previous
+        previous = elapsed
+    return total + previous
+
+
 def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = None) -> Path:
     run, dest = Path(run_dir), Path(dest)
     source = run / "adapter"
@@ -39,7 +50,7 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
     options = json.loads((run / "train_options.json").read_text()) if (run / "train_options.json").exists() else {}
     info = {
         "steps": int(log[-1]["step"]) if log else 0,
-        "wall_time_s": float(log[-1]["elapsed_s"]) if log else 0.0,
+        "wall_time_s": _total_elapsed(log),
         "final_train_loss": float(log[-1]["loss"]) if log else None,
         "dev": {k: float(v) for k, v in (log[-1] if log else {}).items() if k.startswith("dev") and v},
         "options": options, "hardware": machine_description(),
@@ -57,6 +68,48 @@ def main(argv: list[str]) -> int:
                                      description="Ship a run's adapter (fp16 safetensors + config + training info).")
     parser.add_argument("run", help="training run folder (holds adapter/, log.csv)")
     parser.add_argument("dest", help="destination folder, e.g. assets/speech_llm")
+    parser.add_argument("--results", default=None, help="folder with model_card_metrics.md to include")
+    parser.add_argument("--card-only", action="store_true", help="only rewrite the model card")
     args = parser.parse_args(argv)
-    print(json.dumps({"exported": str(export_run(args.run, args.dest))}))
+    if not args.card_only:
+        export_run(args.run, args.dest)
+    card = write_model_card(args.dest, args.results)
+    print(json.dumps({"exported": str(args.dest), "model_card": str(card)}))
     return 0
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(dest: str | Path, results_dir: str | Path | None = None) -> Path:
+    """README.md beside the adapter: data, recipe, steps, wall time, hardware, metrics."""
+    dest = Path(dest)
+    info = json.loads((dest / "training_info.json").read_text())
+    config = json.loads((dest / CONFIG_FILE).read_text())
+    results = Path(results_dir) if results_dir else None
+    lines = [
+        f"# SEmoLlama speech adapter ({'emotion-aligned' if config.get('emotion_token') else 'neutral_aligned ablation'})",
+        "",
+        f"- LLM (frozen): `{config['llm']}`; backbone (frozen): `{config['backbone']}`; labels: {', '.join(config['labels'])}",
+        f"- Adapter: {info['parameters']:,} parameters, {config['num_blocks']} Conformer blocks (d={config['d_model']}), "
+        f"frames stacked by {config['stack']} (12.5 speech tokens/s), fp16 safetensors",
+        f"- Tasks: `{config['task_mix']}`",
+        "- Data: the synthetic expressive corpus (`python -m semollama_core synth --out data/synth`: 424 lexically "
+        "ambiguous sentences, espeak-ng and flite voices, 4 emotions, noise/EQ/reverb; splits by sentence and voice; "
+        "2720 train / 336 dev / 336 test clips)",
+        f"- Recipe: `python -m semollama_core train data/synth/manifest.jsonl --mode "
+        f"{info['options'].get('mode')} --steps {info['options'].get('steps')}` (see `scripts/train_default.sh`); "
+        f"batch {info['options'].get('batch_size')}, lr {info['options'].get('lr')}, LLM in "
+        f"{info['options'].get('quantization')} while training",
+        f"- Steps: {info['steps']}; wall time {info['wall_time_s'] / 60:.1f} min; hardware: {info['hardware']}",
+        f"- Final dev metrics during training (64 dev clips): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in info.get("dev", {}).items()),
+        "",
+        "![loss curve](loss_curve.png)",
+        "",
+    ]
+    if results and (results / "model_card_metrics.md").exists():
+        lines += [(results / "model_card_metrics.md").read_text()]
+    (dest / "README.md").write_text("\n".join(lines) + "\n")
+    return dest / "README.md"

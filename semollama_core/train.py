@@ -39,6 +39,7 @@ class TrainOptions:
     weight_decay: float = 0.01
     kl_weight: float = 0.0             # > 0 adds KL to the teacher's next-token distributions
     aux_weight: float = 1.0            # auxiliary emotion CE on pooled adapter states (emotion mode only)
+    aux_batch: int = 48                # extra clips per step for the auxiliary loss alone (no LLM pass: cheap)
     task_weights: str = "respond:0.3,ser:0.45,asr:0.1,caption:0.15"
     eval_every: int = 100
     save_every: int = 100
@@ -228,6 +229,15 @@ def _teacher_turn(ex: Example) -> str:
     return prompts.text_turn(ex.transcript, None if ex.task == "respond_neutral" else ex.emotion)
 
 
+def auxiliary_emotion_loss(adapter, features: list, emotions: list[str], device) -> torch.Tensor:
+    """Emotion CE of the adapter's classifier alone: many clips a step at the adapter's cost."""
+    labels = list(adapter.config.labels)
+    states, prosody, lengths = collate_features(features, device)
+    _, _, logits = adapter.encode_all(states, prosody, lengths)
+    target = torch.tensor([labels.index(e) for e in emotions], device=logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), target)
+
+
 def alignment_loss(system, adapter, batcher, examples, features, options: TrainOptions, device):
     states, prosody, lengths = collate_features([features[ex.clip] for ex in examples], device)
     projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths)
@@ -338,6 +348,8 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     batcher = AlignmentBatcher(system, options.max_target_tokens)
     sampler = _task_sampler(train_ex, options.weights(), options.seed + start_step)
     train_features = [f for _, f, _ in clips["train"]]
+    aux_rng = random.Random(options.seed + 7 + start_step)
+    aux_pool = [i for i, (u, _, _) in enumerate(clips["train"]) if u.emotion in config.labels]
     log_path = out / "log.csv"
     log = open(log_path, "a", newline="")
     writer = csv.writer(log)
@@ -351,6 +363,12 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
         with accelerator.accumulate(adapter):
             loss, stats = alignment_loss(system, accelerator.unwrap_model(adapter), batcher, examples,
                                          train_features, options, device)
+            if options.mode == "emotion" and options.aux_batch > 0 and options.aux_weight > 0:
+                picks = aux_rng.sample(aux_pool, min(options.aux_batch, len(aux_pool)))
+                aux = auxiliary_emotion_loss(accelerator.unwrap_model(adapter), [train_features[i] for i in picks],
+                                             [clips["train"][i][0].emotion for i in picks], device)
+                loss = loss + options.aux_weight * aux
+                stats["aux"] = float(aux.detach())
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(adapter.parameters(), 1.0)
             optimizer.step(), schedule.step(), optimizer.zero_grad()
