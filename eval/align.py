@@ -28,9 +28,9 @@ from semollama_core.data import Utterance
 from semollama_core.generation import DecodingOptions
 from semollama_core.pipeline import PromptInput
 
-from .common import (AUTO_SPLIT, EvalError, argument_parser, batches, check_out_path, config_labels,
+from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
                      evaluation_rows, load_metric, load_system_from_args, mean_or_none, metadata, positive_int,
-                     predictions_path, progress_bar, read_jsonl, response_nll, run_cli, standalone_model,
+                     predictions_path, progress_bar, response_nll, run_cli, standalone_model,
                      write_json, write_jsonl)
 
 ANSWER_SYSTEMS = ("speech_llm", "text_only", "cascade", "neutral_aligned")
@@ -192,15 +192,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw answers; run no model")
     args = parser.parse_args(argv)
-    out = check_out_path(args.out)
-    if args.rescore:
-        rows = read_jsonl(args.rescore)
-        report = {**score_alignment(rows, bertscore=args.bertscore),
-                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
-    elif not args.manifest:
-        parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")
-    else:
-        report = _evaluate(args, out)
+    report, out = rescore_or_evaluate(parser, args, lambda rows: score_alignment(rows, bertscore=args.bertscore),
+                                      _evaluate)
     write_json(out, report)
     print(f"wrote {out}")
     return 0

@@ -306,3 +306,18 @@ def argument_parser(prog: str, description: str):
             self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
     return OneLineParser(prog=prog, description=description)
+
+
+def rescore_or_evaluate(parser, args, score: Callable[[list[dict]], dict],
+                        evaluate: Callable[..., dict], out: Path | None = None) -> tuple[dict, Path]:
+    """The shared body of the eval commands: score saved raw rows (--rescore, no model), or
+    evaluate the manifest. Returns the report and the output path (checked as a JSON file
+    unless the caller checked its own, such as a folder)."""
+    out = out if out is not None else check_out_path(args.out)
+    if args.rescore:
+        report = {**score(read_jsonl(args.rescore)),
+                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
+        return report, out
+    if not args.manifest:
+        parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")
+    return evaluate(args, out), out

@@ -19,9 +19,9 @@ import numpy as np
 from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 
-from .common import (EvalError, argument_parser, batches, check_out_path, config_labels, label_set,
-                     load_system_from_args, metadata, positive_int, predictions_path, progress_bar, read_jsonl,
-                     read_rows, run_cli, write_json, write_jsonl)
+from .common import (rescore_or_evaluate, EvalError, argument_parser, batches, config_labels, label_set,
+                     load_system_from_args, metadata, positive_int, predictions_path, progress_bar, read_rows,
+                     run_cli, write_json, write_jsonl)
 from .ser import score_predictions
 
 PROBE_SYSTEMS = ("speech_llm", "neutral_aligned", "backbone")
@@ -87,15 +87,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, help="override the LLM quantization")
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw predictions; run no model")
     args = parser.parse_args(argv)
-    out = check_out_path(args.out)
-    if args.rescore:
-        predictions = read_jsonl(args.rescore)
-        report = {**score_predictions(predictions),
-                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
-    elif not args.manifest:
-        parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")
-    else:
-        report = _evaluate(args, out)
+    report, out = rescore_or_evaluate(parser, args, score_predictions, _evaluate)
     write_json(out, report)
     print(f"wrote {out}")
     return 0

@@ -21,8 +21,8 @@ import numpy as np
 from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 
-from .common import (AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
-                     metadata, positive_int, read_jsonl, run_cli, save_figure, standalone_model, write_json,
+from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
+                     metadata, positive_int, run_cli, save_figure, standalone_model, write_json,
                      write_jsonl)
 from .ser import SER_SYSTEMS, class_scores, run_ser
 
@@ -172,13 +172,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} must be a folder.")
-    if args.rescore:
-        report = {**score_robustness(read_jsonl(args.rescore)),
-                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
-    elif not args.manifest:
-        parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")
-    else:
-        report = _evaluate(args, out)
+    report, out = rescore_or_evaluate(parser, args, score_robustness, _evaluate, out)
     report["figure"] = save_figure(robustness_figure(report), out / "robustness")
     write_json(out / "robustness.json", report)
     print(f"wrote {out / 'robustness.json'}")

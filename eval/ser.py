@@ -29,9 +29,9 @@ from semollama_core.config import QUANTIZATIONS
 from semollama_core.data import Utterance
 from semollama_core.pipeline import PromptInput
 
-from .common import (AUTO_SPLIT, EvalError, argument_parser, batches, check_out_path, config_labels,
+from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
                      evaluation_rows, load_metric, load_system_from_args, metadata, positive_int,
-                     predictions_path, progress_bar, read_jsonl, run_cli, save_figure, standalone_model,
+                     predictions_path, progress_bar, run_cli, save_figure, standalone_model,
                      write_json, write_jsonl)
 
 LLM_SYSTEMS = ("speech_llm", "neutral_aligned", "text_only")
@@ -260,15 +260,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rescore", metavar="PREDICTIONS.jsonl", help="score saved raw predictions; run no model")
     parser.add_argument("--no-figure", action="store_true", help="skip the confusion-matrix figure")
     args = parser.parse_args(argv)
-    out = check_out_path(args.out)
-    if args.rescore:
-        predictions = read_jsonl(args.rescore)
-        report = {**score_predictions(predictions),
-                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
-    else:
-        if not args.manifest:
-            parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")
-        report = _evaluate(args, out)
+    report, out = rescore_or_evaluate(parser, args, score_predictions, _evaluate)
     if not args.no_figure:
         report["figure"] = save_figure(confusion_figure(report), out.with_name(out.stem + ".confusion"))
     write_json(out, report)
