@@ -273,6 +273,20 @@ def _evaluate(args, out: Path) -> dict:
     rows, labels, notes, all_rows = evaluation_rows(args.manifest, config_labels(args.quantization),
                                                     split=args.split, limit=args.limit)
     system = load_system_from_args(args.quantization)
+    systems, standalone = runnable_systems(system, requested, all_rows, labels, notes)
+    predictions = run_ser(system, rows, systems, args.batch_size, labels=labels,
+                          given_transcripts=args.given_transcripts, standalone=standalone)
+    write_jsonl(predictions_path(out), predictions)
+    return {**score_predictions(predictions, labels),
+            "metadata": metadata(args.manifest, system, split=args.split, limit=args.limit,
+                                 given_transcripts=args.given_transcripts, systems=systems,
+                                 predictions=str(predictions_path(out)), notes=notes)}
+
+
+def runnable_systems(system, requested: list[str], all_rows: list, labels, notes: list[str]):
+    """The requested systems that can run here, and the standalone model if one of them.
+
+    Used by the command line and the app's Evaluate tab alike; what is dropped is noted."""
     systems = _available_systems(system, requested, notes)
     standalone = None
     if "standalone" in systems:
@@ -281,13 +295,7 @@ def _evaluate(args, out: Path) -> dict:
             systems.remove("standalone")
     if not systems:
         raise EvalError("No system left to evaluate: " + " ".join(notes))
-    predictions = run_ser(system, rows, systems, args.batch_size, labels=labels,
-                          given_transcripts=args.given_transcripts, standalone=standalone)
-    write_jsonl(predictions_path(out), predictions)
-    return {**score_predictions(predictions, labels),
-            "metadata": metadata(args.manifest, system, split=args.split, limit=args.limit,
-                                 given_transcripts=args.given_transcripts, systems=systems,
-                                 predictions=str(predictions_path(out)), notes=notes)}
+    return systems, standalone
 
 
 def _requested_systems(text: str | None) -> list[str]:

@@ -43,7 +43,7 @@ def evaluation_manifest(backend: Backend, source: str, manifest_file: Any, zip_f
 def evaluate(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
              limit: Any, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     from eval import ser
-    from eval.common import AUTO_SPLIT, evaluation_rows, standalone_model
+    from eval.common import AUTO_SPLIT, evaluation_rows
 
     chosen = [s for s in (systems or []) if s in SYSTEM_CHOICES]
     if not chosen:
@@ -52,14 +52,7 @@ def evaluate(backend: Backend, source: str, manifest_file: Any, zip_file: Any, s
     manifest = evaluation_manifest(backend, source, manifest_file, zip_file)
     system = backend.system
     rows, labels, notes, all_rows = evaluation_rows(manifest, system.config.labels, split=AUTO_SPLIT, limit=limit)
-    chosen = ser._available_systems(system, chosen, notes)
-    standalone = None
-    if "standalone" in chosen:
-        standalone = standalone_model(system, all_rows, labels, notes)
-        if standalone is None:
-            chosen.remove("standalone")
-    if not chosen:
-        raise ValueError("No system left to evaluate: " + " ".join(notes))
+    chosen, standalone = ser.runnable_systems(system, chosen, all_rows, labels, notes)
     predictions = ser.run_ser(system, rows, chosen, labels=labels, standalone=standalone,
                               progress=progress or (lambda done, total: None))
     scores = ser.score_predictions(predictions, labels)
