@@ -1,16 +1,22 @@
 """Synthetic expressive speech corpus, following docs EXPRESSIVE_SPEECH.md.
 
 Lexically ambiguous sentences (resources/sentences.txt) are spoken by many engine voices
-(espeak-ng accents x variants, flite voices) in each emotion. An emotion is realised
-relative to the same voice's neutral rendering of the same sentence, with values drawn
-uniformly inside the class's band: F0 mean and range and rate through the engine where
-it can, then measured and corrected with sox so the targets hold for every engine; level
-and spectrum (bright, dark, harsh) with sox and numpy. Recording level, microphone
-colouring, reverberation and background noise then vary at random, independent of the
-emotion, so only the relative cues carry it.
+(espeak-ng accents x variants, flite voices; festival voices on request) in each emotion.
+An emotion is realised relative to the same voice's neutral rendering of the same
+sentence, with values drawn uniformly inside the class's band: F0 mean and range and rate
+through the engine where it can, then measured and corrected with sox so the targets hold
+for every engine; level and spectrum (bright, dark, harsh) with sox and numpy. Recording
+level, microphone colouring, reverberation and background noise then vary at random,
+independent of the emotion, so only the relative cues carry it.
 
     python -m semollama_core synth --out corpus/
     -> corpus/clips/<id>.wav (16 kHz mono PCM16), corpus/manifest.jsonl
+
+A held-out corpus puts every voice of other engines into one split and speaks only that
+split's sentences of the standard plan (same seed and sentence count), so neither its
+voices nor its sentences are seen in training:
+
+    python -m semollama_core synth --out heldout/ --engines festival --split test --per-pair 3
 
 The plan (which sentence, voice and emotion every clip has, and all its random draws) is
 deterministic from the seed; clips already on disk are kept, so a stopped run resumes.
@@ -43,7 +49,11 @@ SENTENCES_PATH = Path(__file__).parent / "resources" / "sentences.txt"
 CORE_EMOTIONS = ("neutral", "happy", "sad", "angry")
 SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}  # of sentences
 VOICE_SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}  # of voice groups, per sex
-ENGINE_PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite", "sox": "sox"}
+ENGINE_PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite", "text2wave": "festival",
+                   "sox": "sox"}
+ENGINES = ("espeak-ng", "flite", "festival")
+# the default corpus; festival only on request, so the shipped training plan stays as it was
+DEFAULT_ENGINES = ("espeak-ng", "flite")
 PLAN_VERSION = 1  # bump when the rendering changes, so old clips are not mixed with new ones
 
 
@@ -85,6 +95,16 @@ ESPEAK_VARIANTS = {
 # flite voices (name: sex, group); kal and kal16 are one speaker, so they share a split.
 FLITE_VOICES = {"kal": ("male", "kal"), "kal16": ("male", "kal"), "awb": ("male", "awb"),
                 "rms": ("male", "rms"), "slt": ("female", "slt")}
+# festival voices (name: sex, group). kal_diphone is the same recorded speaker as flite's kal
+# and the HTS slt voice the same as flite's slt (other synthesis, same timbre), so they share
+# those groups: a corpus of mixed engines keeps each speaker in one split. ked is new.
+# The diphone voices take the F0 targets of their linear-regression intonation model and
+# Duration_Stretch; the HTS voice takes only a speed factor (it ignores the half-tone shift
+# and F0 variance options here), so sox moves its pitch and its F0 range stays as is.
+FESTIVAL_VOICES = {"kal_diphone": ("male", "flite:kal"), "ked_diphone": ("male", "festival:ked"),
+                   "cmu_us_slt_arctic_hts": ("female", "flite:slt")}
+FESTIVAL_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
+                     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
 
 REFERENCE_RMS_DB = -24.0         # neutral speech level before the random recording gain
 RECORDING_GAIN_DB = (-9.0, 5.0)  # per clip, independent of the emotion
@@ -96,8 +116,8 @@ MAX_PITCH_FIX_ST = 7.0  # a larger correction means the pitch tracker failed: do
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str   # "espeak-ng" or "flite"
-    name: str     # espeak-ng accent or flite voice
+    engine: str   # "espeak-ng", "flite" or "festival"
+    name: str     # espeak-ng accent, flite or festival voice
     variant: str  # espeak-ng variant, "" for none
     sex: str      # "male" or "female"
     group: str    # voices of one timbre; splits never share a group
@@ -121,6 +141,7 @@ class SynthOptions:
     emotions: tuple[str, ...] = CORE_EMOTIONS
     noise_prob: float = 0.7           # chance that a clip gets background noise
     progress: bool = True             # tqdm bar on stderr
+    split: str | None = None          # one split for every voice (held-out corpus); None: all
 
 
 @dataclass(frozen=True)
@@ -174,15 +195,37 @@ def _require_tool(name: str) -> None:
 
 
 def _resolve_engines(engines: tuple[str, ...] | None) -> tuple[str, ...]:
-    _require_tool("espeak-ng")  # also the babble talkers' engine
+    _require_tool("espeak-ng")
     _require_tool("sox")
     if engines is None:
-        return tuple(e for e in ("espeak-ng", "flite") if shutil.which(e))
+        return tuple(e for e in DEFAULT_ENGINES if shutil.which(e))
     for engine in engines:
-        if engine not in ("espeak-ng", "flite"):
-            raise SynthError(f"unknown engine {engine!r}; known: espeak-ng, flite")
-        _require_tool(engine)
+        if engine not in ENGINES:
+            raise SynthError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        if engine == "festival":
+            _require_festival_voices()
+        else:
+            _require_tool(engine)
     return tuple(dict.fromkeys(engines))
+
+
+def _require_festival_voices() -> None:
+    """Every voice of the table, so the plan never depends on what happens to be installed."""
+    _require_tool("text2wave")
+    missing = [name for name in FESTIVAL_VOICES if name not in _festival_installed_voices()]
+    if missing:
+        packages = " ".join(FESTIVAL_PACKAGES[name] for name in missing)
+        raise SynthError(f"festival voice {missing[0]} is not installed: install the Debian "
+                         f"packages {packages} (apt-get install {packages})")
+
+
+@functools.lru_cache(maxsize=1)
+def _festival_installed_voices() -> frozenset[str]:
+    result = subprocess.run(["festival", "--batch", "(print (voice.list))"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return frozenset()
+    return frozenset(re.findall(r"[\w-]+", result.stdout))
 
 
 def _verify_options(options: SynthOptions, sentence_count: int) -> None:
@@ -200,6 +243,9 @@ def _verify_options(options: SynthOptions, sentence_count: int) -> None:
         raise SynthError(f"--workers must be at least 1, not {options.workers}")
     if not 0.0 <= options.noise_prob <= 1.0:
         raise SynthError(f"--noise-prob must be between 0 and 1, not {options.noise_prob}")
+    if options.split is not None and options.split not in SPLIT_FRACTIONS:
+        raise SynthError(f"--split must be one of {', '.join(SPLIT_FRACTIONS)}, "
+                         f"not {options.split!r}")
 
 
 def available_voices(engines: tuple[str, ...]) -> list[Voice]:
@@ -212,6 +258,9 @@ def available_voices(engines: tuple[str, ...]) -> list[Voice]:
     if "flite" in engines:
         for name, (sex, group) in FLITE_VOICES.items():
             voices.append(Voice("flite", name, "", sex, f"flite:{group}"))
+    if "festival" in engines:
+        for name, (sex, group) in FESTIVAL_VOICES.items():
+            voices.append(Voice("festival", name, "", sex, group))
     return voices
 
 
@@ -244,14 +293,20 @@ def _split_items(items: list, fractions: dict[str, float], rng: np.random.Genera
     return out
 
 
-def _split_voices(voices: list[Voice], seed: int) -> dict[str, list[list[Voice]]]:
-    """Voice groups per split, by sex so that every split has both."""
+def _voice_groups(voices: list[Voice]) -> list[list[Voice]]:
+    """The voices by group, groups in order of first appearance."""
     by_group: dict[str, list[Voice]] = {}
     for voice in voices:
         by_group.setdefault(voice.group, []).append(voice)
+    return list(by_group.values())
+
+
+def _split_voices(voices: list[Voice], seed: int) -> dict[str, list[list[Voice]]]:
+    """Voice groups per split, by sex so that every split has both."""
+    by_group = _voice_groups(voices)
     pools: dict[str, list[list[Voice]]] = {s: [] for s in SPLIT_FRACTIONS}
     for sex in ("male", "female"):
-        groups = [g for g in by_group.values() if g[0].sex == sex]
+        groups = [g for g in by_group if g[0].sex == sex]
         if len(groups) < 3:
             raise SynthError(f"need at least 3 {sex} voice groups to split, have {len(groups)}")
         chosen = _split_items(groups, VOICE_SPLIT_FRACTIONS, _rng(seed, "voices", sex))
@@ -261,13 +316,21 @@ def _split_voices(voices: list[Voice], seed: int) -> dict[str, list[list[Voice]]
 
 
 def plan_corpus(options: SynthOptions, sentences: list[str], engines: tuple[str, ...]) -> list[ClipJob]:
-    """Every clip of the corpus, grouped so one sentence and voice's emotions are adjacent."""
+    """Every clip of the corpus, grouped so one sentence and voice's emotions are adjacent.
+
+    With options.split, every voice goes into that split and only its sentences are spoken:
+    the sentence split does not depend on the engines, so a held-out corpus's test sentences
+    are the test sentences of every corpus with the same seed and sentence count."""
     rng = _rng(options.seed, "sentences")
     ids = list(range(len(sentences)))
     if options.sentences is not None:
         ids = sorted(rng.choice(len(sentences), options.sentences, replace=False).tolist())
     sentence_splits = _split_items(ids, SPLIT_FRACTIONS, rng)
-    voice_pools = _split_voices(available_voices(engines), options.seed)
+    if options.split is None:
+        voice_pools = _split_voices(available_voices(engines), options.seed)
+    else:
+        sentence_splits = {options.split: sentence_splits[options.split]}
+        voice_pools = {options.split: _voice_groups(available_voices(engines))}
     jobs = []
     for split, sentence_ids in sentence_splits.items():
         groups = voice_pools[split]
@@ -370,10 +433,13 @@ def _engine_audio(voice: Voice, text: str, workdir: str, *, pitch_st: float = 0.
                   neutral: "NeutralReference | None" = None) -> tuple[np.ndarray, int]:
     """Synthesise with the engine's own prosody controls; returns float samples and rate."""
     path = os.path.join(workdir, "engine.wav")
-    # both engines set the F0 range in Hz; the table's range is a ratio of intervals (in
+    # the engines set the F0 range in Hz; the table's range is a ratio of intervals (in
     # semitones), so at a raised pitch the range in Hz must grow with the pitch
     range_hz_scale = range_scale * 2 ** (pitch_st / 12)
-    if voice.engine == "espeak-ng":
+    if voice.engine == "festival":
+        cmd = _festival_command(voice, text, workdir, path, pitch_st=pitch_st,
+                                range_hz_scale=range_hz_scale, rate=rate)
+    elif voice.engine == "espeak-ng":
         # -p is 0..99 (50 default), about 6 steps a semitone up and 7 down on these voices
         pitch = 50 + pitch_st * (6.0 if pitch_st > 0 else 7.0)
         ssml = f'<speak><prosody range="{range_hz_scale * 100:.0f}%">{escape(text)}</prosody></speak>'
@@ -393,6 +459,35 @@ def _engine_audio(voice: Voice, text: str, workdir: str, *, pitch_st: float = 0.
     import soundfile as sf
     samples, rate_hz = sf.read(path, dtype="float32", always_2d=True)
     return samples.mean(axis=1), rate_hz
+
+
+def _festival_command(voice: Voice, text: str, workdir: str, path: str, *, pitch_st: float,
+                      range_hz_scale: float, rate: float) -> list[str]:
+    """text2wave with the voice, then its prosody scaled relative to the voice's own values."""
+    text_path = os.path.join(workdir, "engine.txt")
+    with open(text_path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    evals = [f"(voice_{voice.name})"]
+    if voice.name.endswith("_hts"):
+        if rate != 1.0:  # the HTS engine ignores Duration_Stretch; "-r" is its speed factor
+            evals.append(f'(set! hts_engine_params (append hts_engine_params '
+                         f'(list (list "-r" {rate:.4f}))))')
+    else:
+        if rate != 1.0:
+            evals.append(f"(Parameter.set 'Duration_Stretch "
+                         f"(* {1.0 / rate:.4f} (Parameter.get 'Duration_Stretch)))")
+        if pitch_st != 0.0 or range_hz_scale != 1.0:
+            # the linear-regression intonation model maps its F0 onto a target mean and spread
+            value = lambda key: f"(car (cdr (assoc '{key} int_lr_params)))"
+            evals.append(
+                "(set! int_lr_params (list "
+                f"(list 'target_f0_mean (* {2 ** (pitch_st / 12):.4f} {value('target_f0_mean')})) "
+                f"(list 'target_f0_std (* {range_hz_scale:.4f} {value('target_f0_std')})) "
+                "(assoc 'model_f0_mean int_lr_params) (assoc 'model_f0_std int_lr_params)))")
+    cmd = ["text2wave", "-o", path]
+    for expression in evals:
+        cmd += ["-eval", expression]
+    return [*cmd, text_path]
 
 
 @dataclass(frozen=True)
@@ -666,6 +761,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, options: SynthOptions = SynthO
     record = {**asdict(options), "engines": list(engines), "plan_version": PLAN_VERSION}
     for key in ("workers", "progress"):  # they do not change any clip
         record.pop(key)
+    if options.split is None:  # as recorded before the option existed
+        record.pop("split")
     record["emotions"] = list(options.emotions)
     jobs = plan_corpus(options, sentences, engines)
     _prepare_out_dir(out_dir, record)
@@ -721,7 +818,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-pair", type=int, default=2,
                         help="clips per (sentence, emotion), each by another voice (default 2)")
     parser.add_argument("--engines", type=_csv, default=None,
-                        help="comma-separated: espeak-ng,flite (default: every installed one)")
+                        help="comma-separated: espeak-ng,flite,festival (default: every "
+                             "installed one of espeak-ng,flite)")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default: the number of CPUs)")
     parser.add_argument("--seed", type=int, default=0, help="plan and augmentation seed (default 0)")
@@ -729,6 +827,11 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated labels (default {','.join(CORE_EMOTIONS)})")
     parser.add_argument("--noise-prob", type=float, default=0.7,
                         help="chance that a clip gets background noise at 5 to 30 dB SNR (default 0.7)")
+    parser.add_argument("--split", choices=tuple(SPLIT_FRACTIONS), default=None,
+                        help="held-out corpus: every voice of the engines in this one split, "
+                             "speaking only this split's sentences of the standard plan with "
+                             "the same --seed and --sentences (e.g. --engines festival "
+                             "--split test)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -737,7 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = SynthOptions(sentences=args.sentences, per_pair=args.per_pair, engines=args.engines,
                            workers=args.workers, seed=args.seed, emotions=tuple(args.emotions),
-                           noise_prob=args.noise_prob, progress=not args.no_progress)
+                           noise_prob=args.noise_prob, progress=not args.no_progress,
+                           split=args.split)
     try:
         manifest = synthesize_corpus(args.out, options)
     except SynthError as error:

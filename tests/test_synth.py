@@ -1,5 +1,6 @@
 """The synthetic expressive corpus: plan, files, resume, and acoustics against the table."""
 import dataclasses
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -12,6 +13,8 @@ from semollama_core import synth
 from semollama_core.synth import SynthError, SynthOptions, synthesize_corpus
 
 TINY = SynthOptions(sentences=8, per_pair=1, workers=1, seed=3, noise_prob=0.0, progress=False)
+# held out: every festival voice in the test split, speaking the 2 test sentences of 20
+HELDOUT = dataclasses.replace(TINY, sentences=20, per_pair=3, engines=("festival",), split="test")
 MANIFEST_FIELDS = {"audio", "emotion", "transcript", "speaker", "split", "engine", "voice",
                    "snr_db", "sentence_id"}
 
@@ -20,6 +23,14 @@ MANIFEST_FIELDS = {"audio", "emotion", "transcript", "speaker", "split", "engine
 def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     manifest = synthesize_corpus(out, TINY)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return out, manifest, rows
+
+
+@pytest.fixture(scope="module")
+def festival_heldout(tmp_path_factory):
+    out = tmp_path_factory.mktemp("heldout")
+    manifest = synthesize_corpus(out, HELDOUT)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     return out, manifest, rows
 
@@ -82,6 +93,23 @@ def test_rerun_with_other_options_is_refused(tiny_corpus):
     out, _, _ = tiny_corpus
     with pytest.raises(SynthError, match="other options"):
         synthesize_corpus(out, dataclasses.replace(TINY, seed=4))
+    with pytest.raises(SynthError, match="other options"):
+        synthesize_corpus(out, dataclasses.replace(TINY, split="test"))
+    # a corpus made before --split existed records no split, and must still resume
+    assert "split" not in json.loads((out / "synth_options.json").read_text())
+
+
+def test_default_plan_is_the_shipped_one():
+    """The default corpus (seed 0, espeak-ng and flite) is what the shipped models were
+    trained on: adding engines or options must not move a single clip or draw. Change the
+    digest only together with PLAN_VERSION."""
+    jobs = synth.plan_corpus(SynthOptions(), synth.load_sentences(), synth.DEFAULT_ENGINES)
+    digest = hashlib.sha256()
+    for job in jobs:
+        digest.update((json.dumps(job.manifest_row(), sort_keys=True) + repr(job.params)
+                       + "\n").encode())
+    assert len(jobs) == 3392
+    assert digest.hexdigest() == "449756184e692195a5f7d362aa3ef7bb2d8bf255362259b52df51bb5009fde76"
 
 
 def test_median_f0_finds_a_known_pitch():
@@ -92,11 +120,11 @@ def test_median_f0_finds_a_known_pitch():
         assert synth.median_f0(tone, rate) == pytest.approx(f0, rel=0.03)
 
 
-def _acoustics(out, rows):
+def _acoustics(out, rows, options=TINY):
     """Per (sentence, speaker): emotion -> (median F0, speech seconds, level without the
     random recording gain)."""
-    jobs = {job.audio: job for job in synth.plan_corpus(TINY, synth.load_sentences(),
-                                                        synth._resolve_engines(None))}
+    jobs = {job.audio: job for job in synth.plan_corpus(
+        options, synth.load_sentences(), synth._resolve_engines(options.engines))}
     groups = defaultdict(dict)
     for row in rows:
         samples, rate = sf.read(str(out / row["audio"]))
@@ -106,9 +134,7 @@ def _acoustics(out, rows):
     return list(groups.values())
 
 
-def test_emotions_move_pitch_rate_and_level_as_the_table_says(tiny_corpus):
-    out, _, rows = tiny_corpus
-    groups = _acoustics(out, rows)
+def _assert_the_table_holds(groups):
     shift = lambda e: np.mean([12 * np.log2(g[e][0] / g["neutral"][0]) for g in groups])
     assert shift("happy") > 2.5 and shift("angry") > 0.8 and shift("sad") < -1.5
     assert np.mean([g["sad"][1] > g["angry"][1] for g in groups]) == 1.0
@@ -116,6 +142,47 @@ def test_emotions_move_pitch_rate_and_level_as_the_table_says(tiny_corpus):
     assert rate("sad") < 0.9 and rate("happy") > 1.05 and rate("angry") > 1.1
     level = lambda e: np.mean([g[e][2] - g["neutral"][2] for g in groups])
     assert level("sad") < -4 and 1 < level("happy") < 5 and level("angry") > 4
+
+
+def test_emotions_move_pitch_rate_and_level_as_the_table_says(tiny_corpus):
+    out, _, rows = tiny_corpus
+    _assert_the_table_holds(_acoustics(out, rows))
+
+
+def test_festival_heldout_corpus_is_all_test_with_unseen_sentences(festival_heldout):
+    out, _, rows = festival_heldout
+    assert len(rows) == 2 * 3 * 4  # test sentences x per_pair x emotions
+    for row in rows:
+        assert MANIFEST_FIELDS | {"sex"} <= set(row)
+        assert row["split"] == "test" and row["engine"] == "festival"
+        assert row["speaker"] == f"festival:{row['voice']}"
+        assert row["sex"] == synth.FESTIVAL_VOICES[row["voice"]][0]
+        assert row["snr_db"] is None  # noise_prob 0
+        info = sf.info(str(out / row["audio"]))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert 0.8 < info.duration < 10
+    assert {row["voice"] for row in rows} == set(synth.FESTIVAL_VOICES)
+    # the sentences are the test sentences of the standard corpus with the same seed and size
+    standard = synth.plan_corpus(dataclasses.replace(HELDOUT, engines=None, split=None),
+                                 synth.load_sentences(), synth.DEFAULT_ENGINES)
+    test_sentences = {job.sentence_id for job in standard if job.split == "test"}
+    seen_sentences = {job.sentence_id for job in standard if job.split != "test"}
+    assert {row["sentence_id"] for row in rows} == test_sentences
+    assert not test_sentences & seen_sentences
+
+
+def test_festival_emotions_follow_the_table(festival_heldout):
+    out, _, rows = festival_heldout
+    _assert_the_table_holds(_acoustics(out, rows, HELDOUT))
+
+
+def test_heldout_plan_puts_noise_on_every_clip_and_every_voice_in_one_split():
+    options = dataclasses.replace(HELDOUT, sentences=None, noise_prob=1.0)
+    jobs = synth.plan_corpus(options, synth.load_sentences(), ("festival",))
+    assert {job.split for job in jobs} == {"test"}
+    assert all(synth.SNR_DB[0] <= job.params.snr_db <= synth.SNR_DB[1] for job in jobs)
+    assert all(voice.engine == "festival" for job in jobs for _, voice in job.params.babble)
+    assert len({job.voice.group for job in jobs}) == len(set(synth.FESTIVAL_VOICES.values()))
 
 
 def test_noise_is_mixed_at_the_planned_snr():
@@ -132,6 +199,14 @@ def test_noise_is_mixed_at_the_planned_snr():
 def test_bad_input_gives_one_line_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SynthError, match="unknown emotion 'bored'"):
         synthesize_corpus(tmp_path, dataclasses.replace(TINY, emotions=("neutral", "bored")))
+    with pytest.raises(SynthError, match="--split must be one of train, dev, test"):
+        synthesize_corpus(tmp_path, dataclasses.replace(TINY, split="heldout"))
+    with pytest.raises(SynthError, match="unknown engine 'mbrola'"):
+        synthesize_corpus(tmp_path, dataclasses.replace(TINY, engines=("mbrola",)))
+    with monkeypatch.context() as patch:
+        patch.setattr(synth, "_festival_installed_voices", lambda: frozenset({"kal_diphone"}))
+        with pytest.raises(SynthError, match="apt-get install festvox-kdlpc16k festvox-us-slt-hts"):
+            synthesize_corpus(tmp_path, HELDOUT)
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(SynthError, match="cannot write to"):
