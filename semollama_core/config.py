@@ -13,6 +13,7 @@ EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
 EMBEDDED_WHISPER = "embedded:whisper-tiny.en"
 CORE_LABELS = ("neutral", "happy", "sad", "angry")
 QUANTIZATIONS = ("nf4", "int8", "none", "bf16")
+DECODERS = ("auto", "torch", "llama_cpp")
 
 
 class ConfigError(ValueError):
@@ -62,8 +63,13 @@ class SEmoConfig:
     max_new_tokens: int = 64
     # Longest accepted clip, checked before the models see it.
     max_audio_s: float = 180.0
-    # CPU threads for torch and CTranslate2; 0 keeps the library defaults.
+    # CPU threads for torch, CTranslate2 and llama.cpp; 0 keeps the library defaults (llama.cpp: torch's).
     threads: int = 0
+    # What decodes answers and scores labels: torch, or llama.cpp on the embedded GGUF fed the
+    # spliced input embeddings (llama_cpp_decode.py). auto: llama.cpp when llama-cpp-python is
+    # importable, the LLM is the embedded one, the device the CPU and quantization nf4; else torch.
+    # Training and attention capture always run on torch.
+    decoder: str = "auto"
     # Where converted models live.
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
 
@@ -71,6 +77,8 @@ class SEmoConfig:
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, "
                               f"not {self.quantization!r}.")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}.")
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError("labels must hold at least two distinct names.")
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
@@ -117,7 +125,8 @@ class SEmoConfig:
                 data.update(json.loads(Path(path).read_text()))
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(f"Cannot read the configuration file {path}: {e}.") from None
-        for name in ("llm", "quantization", "backbone", "asr", "adapter", "device", "system_prompt"):
+        for name in ("llm", "quantization", "backbone", "asr", "adapter", "device", "system_prompt",
+                     "decoder"):
             value = os.environ.get(f"SEMOLLAMA_{name.upper()}")
             if value:
                 data[name] = value
