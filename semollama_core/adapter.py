@@ -17,6 +17,7 @@ from torch import nn
 
 from .prosody import PROSODY_DIM
 
+UTTERANCE_DIM = 88  # openSMILE eGeMAPS v02 functionals of the whole clip
 WEIGHTS_FILE, CONFIG_FILE = "adapter.safetensors", "adapter_config.json"
 
 
@@ -43,6 +44,11 @@ class AdapterConfig:
     labels: tuple[str, ...] = ()
     task_mix: str = ""               # what it was aligned on, for the model card
     emotion_token: bool = True       # prepend one token: emotion posterior x label-word embeddings
+    # The emotion head reads utterance functionals: pooled backbone states (mean, spread), the
+    # prosody statistics and eGeMAPS (`utterance_dim`). 0 is the first design (a head on the
+    # pooled Conformer states), kept so that adapters trained with it still load.
+    utterance_dim: int = UTTERANCE_DIM
+    head_dim: int = 256
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -53,6 +59,7 @@ class AdapterConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["labels"] = tuple(data.get("labels", ()))
+        data.setdefault("utterance_dim", 0)  # written before the functionals head existed
         return cls(**data)
 
 
@@ -73,28 +80,46 @@ class SpeechAdapter(nn.Module):
         # Unit-RMS outputs times a learnt gain that starts at the token-embedding RMS.
         self.out_norm = nn.LayerNorm(config.llm_dim, elementwise_affine=False)
         self.gain = nn.Parameter(torch.tensor(float(config.embed_rms)))
-        # Emotion classifier on pooled states plus utterance prosody statistics. Its posterior
+        # Emotion classifier on utterance functionals (see head_inputs). Its posterior
         # mixes learnt embeddings, initialised from the LLM's own embeddings of the label
         # words, into one extra speech token the frozen LLM can read from the first step.
         n_labels = max(1, len(config.labels))
-        self.emotion_head = nn.Sequential(nn.Linear(config.d_model + PROSODY_STATS_DIM, 128), nn.GELU(),
-                                          nn.Linear(128, n_labels))
+        if config.utterance_dim:
+            width = head_input_dim(config)
+            # standardisation of the head's inputs, set from the training clips (fit_emotion_head)
+            self.register_buffer("head_mean", torch.zeros(width))
+            self.register_buffer("head_std", torch.ones(width))
+            self.emotion_head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, config.head_dim), nn.GELU(),
+                                              nn.Dropout(0.5), nn.Linear(config.head_dim, n_labels))
+        else:
+            self.emotion_head = nn.Sequential(nn.Linear(config.d_model + PROSODY_STATS_DIM, 128), nn.GELU(),
+                                              nn.Linear(128, n_labels))
+        self.head_frozen = False  # set once the head is fitted: alignment then trains the rest
         self.emotion_embeddings = nn.Parameter(torch.randn(n_labels, config.llm_dim) * config.embed_rms)
 
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(frame_lengths + self.config.stack - 1, self.config.stack, rounding_mode="floor")
 
-    def forward(self, backbone_states: torch.Tensor, prosody: torch.Tensor,
-                frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.head_frozen:
+            self.emotion_head.eval()
+        return self
+
+    def forward(self, backbone_states: torch.Tensor, prosody: torch.Tensor, frame_lengths: torch.Tensor,
+                utterance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[batch, frames, dims] -> speech embeddings [batch, tokens, llm_dim] and their lengths."""
-        embeddings, lengths, _ = self.encode_all(backbone_states, prosody, frame_lengths)
+        embeddings, lengths, _ = self.encode_all(backbone_states, prosody, frame_lengths, utterance)
         return embeddings, lengths
 
-    def encode_all(self, backbone_states, prosody, frame_lengths):
+    def encode_all(self, backbone_states, prosody, frame_lengths, utterance=None):
         """Speech embeddings, their lengths, and the emotion logits (for the auxiliary loss)."""
         hidden, lengths = self.encode(backbone_states, prosody, frame_lengths)
         tokens = self.to_llm(hidden)
-        logits = self.emotion_logits(hidden, lengths, prosody_stats(prosody, frame_lengths))
+        if self.config.utterance_dim:
+            logits = self.head_logits(self.head_inputs(backbone_states, prosody, frame_lengths, utterance))
+        else:
+            logits = self.emotion_logits(hidden, lengths, prosody_stats(prosody, frame_lengths))
         if self.config.emotion_token:
             emotion = torch.softmax(logits, dim=-1) @ self.emotion_embeddings
             tokens = torch.cat([emotion[:, None].to(tokens.dtype), tokens], dim=1)
@@ -104,7 +129,25 @@ class SpeechAdapter(nn.Module):
     def to_llm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out_norm(self.project(hidden)) * self.gain
 
+    def head_inputs(self, backbone_states, prosody, frame_lengths, utterance) -> torch.Tensor:
+        """Utterance functionals [batch, head_input_dim]: backbone mean and spread, prosody
+        statistics, eGeMAPS."""
+        if utterance is None:
+            raise ValueError("This adapter's emotion head needs the clip's eGeMAPS functionals "
+                             "(SpeechFeatures.utterance); extract features with encoder.extract_features.")
+        valid = (torch.arange(backbone_states.shape[1], device=backbone_states.device)[None]
+                 < frame_lengths[:, None]).to(backbone_states.dtype)[..., None]
+        n = valid.sum(1).clamp(min=1)
+        mean = (backbone_states * valid).sum(1) / n
+        std = (((backbone_states - mean[:, None]) ** 2 * valid).sum(1) / n).sqrt()
+        return torch.cat([mean, std, prosody_stats(prosody, frame_lengths).to(mean.dtype),
+                          utterance.to(mean.dtype)], dim=-1)
+
+    def head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.emotion_head((inputs - self.head_mean) / self.head_std)
+
     def emotion_logits(self, hidden: torch.Tensor, lengths: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """The first design's head: pooled Conformer states plus prosody statistics."""
         mask = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(hidden.dtype)
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return self.emotion_head(torch.cat([pooled, stats.to(pooled.dtype)], dim=-1))
@@ -132,6 +175,10 @@ class SpeechAdapter(nn.Module):
 PROSODY_STATS_DIM = 2 * PROSODY_DIM + 5
 
 
+def head_input_dim(config: AdapterConfig) -> int:
+    return 2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim
+
+
 def prosody_stats(prosody: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
     """Utterance functionals of the prosody frames: mean and spread of each feature, pitch
     level and range over voiced frames, and the voiced share (a speaking-rate proxy)."""
@@ -156,7 +203,9 @@ def save_adapter(adapter: SpeechAdapter, folder: str | os.PathLike, dtype=torch.
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in adapter.state_dict().items()}
+    # the head's input standardisation stays fp32 (eGeMAPS features span several magnitudes)
+    tensors = {k: v.detach().to("cpu", torch.float32 if k.startswith("head_") else dtype).contiguous()
+               for k, v in adapter.state_dict().items()}
     for name, payload in ((WEIGHTS_FILE, None), (CONFIG_FILE, adapter.config.to_json())):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(fd)

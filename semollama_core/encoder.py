@@ -16,6 +16,7 @@ class SpeechFeatures:
     """What the frozen part of the encoder makes of one clip (cacheable for training)."""
     backbone_states: np.ndarray   # [frames, backbone width]
     prosody: np.ndarray           # [frames, prosody dims]
+    utterance: np.ndarray | None = None  # [88] eGeMAPS functionals of the whole clip
 
     @property
     def n_frames(self) -> int:
@@ -24,7 +25,15 @@ class SpeechFeatures:
 
 def extract_features(backbone: WhisperBackbone, audio: np.ndarray) -> SpeechFeatures:
     states = backbone.encode(audio)
-    return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0]))
+    return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0]),
+                          utterance_features(audio))
+
+
+def utterance_features(audio: np.ndarray) -> np.ndarray:
+    """eGeMAPS v02 functionals [88] of a 16 kHz mono clip (the emotion head's acoustic summary)."""
+    from .standalone_ser import extract_features as egemaps
+
+    return egemaps([audio])[0].astype(np.float32)
 
 
 def collate_features(features: list[SpeechFeatures], device: str = "cpu"):
@@ -41,10 +50,17 @@ def collate_features(features: list[SpeechFeatures], device: str = "cpu"):
     return pad([f.backbone_states for f in features]), pad([f.prosody for f in features]), lengths.to(device)
 
 
+def collate_utterance(features: list[SpeechFeatures], device: str = "cpu") -> torch.Tensor | None:
+    """[batch, 88] utterance functionals, or None when a clip has none."""
+    if any(f.utterance is None for f in features):
+        return None
+    return torch.from_numpy(np.stack([f.utterance for f in features]).astype(np.float32)).to(device)
+
+
 def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu") -> list[torch.Tensor]:
     """One [tokens, llm width] tensor per clip; differentiable when the adapter trains."""
     states, prosody, lengths = collate_features(features, device)
-    embeddings, out_lengths = adapter(states, prosody, lengths)
+    embeddings, out_lengths = adapter(states, prosody, lengths, collate_utterance(features, device))
     return [embeddings[i, : int(n)] for i, n in enumerate(out_lengths)]
 
 

@@ -1,0 +1,114 @@
+"""The alignment recipe in miniature, end to end through the documented commands:
+synth -> train-ser -> train (targets, head fit, alignment through the frozen LLM) -> resume
+-> export -> load the shipped folder and answer. A few clips, a few steps."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semollama_core.__main__ import main as cli
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    corpus, run, dest = root / "corpus", root / "run", root / "shipped"
+    assert cli(["synth", "--out", str(corpus), "--sentences", "12", "--per-pair", "1", "--engines", "espeak-ng",
+                "--workers", "2", "--seed", "5", "--noise-prob", "0.5", "--no-progress"]) == 0
+    manifest = corpus / "manifest.jsonl"
+    assert cli(["train-ser", str(manifest), "--out", str(root / "standalone")]) == 0
+    common = [str(manifest), "--out", str(run), "--targets", str(root / "targets"), "--mode", "emotion",
+              "--batch-size", "4", "--aux-batch", "8", "--dev-limit", "8", "--eval-every", str(STEPS),
+              "--save-every", str(STEPS), "--head-epochs", "5", "--max-target-tokens", "16"]
+    assert cli(["train", *common, "--steps", str(STEPS)]) == 0
+    first_log = list(csv.DictReader(open(run / "log.csv")))
+    assert cli(["train", *common, "--steps", str(STEPS + 1), "--resume"]) == 0
+    assert cli(["export", str(run), str(dest)]) == 0
+    return {"root": root, "manifest": manifest, "run": run, "dest": dest, "first_log": first_log,
+            "rows": [json.loads(line) for line in manifest.read_text().splitlines()]}
+
+
+def test_training_logs_every_step_and_dev_metrics(recipe):
+    log = list(csv.DictReader(open(recipe["run"] / "log.csv")))
+    assert [int(r["step"]) for r in recipe["first_log"]] == list(range(1, STEPS + 1))
+    assert [int(r["step"]) for r in log] == list(range(1, STEPS + 2))  # resumed, not restarted
+    assert all(np.isfinite(float(r["loss"])) and float(r["loss"]) > 0 for r in log)
+    last = log[STEPS - 1]
+    assert 0.0 <= float(last["dev_ser_ua"]) <= 1.0 and float(last["dev_nll"]) > 0
+    assert (recipe["run"] / "loss_curve.png").stat().st_size > 1000
+    head = json.loads((recipe["run"] / "emotion_head.json").read_text())
+    assert 0.0 <= head["head_train_ua"] <= 1.0
+
+
+def test_targets_are_cached_by_fingerprint_and_reused(recipe):
+    caches = list((recipe["root"] / "targets").glob("targets-*.jsonl"))
+    assert len(caches) == 1
+    rows = [json.loads(line) for line in caches[0].read_text().splitlines()]
+    tasks = {r["task"] for r in rows}
+    assert {"respond", "ser", "caption"} <= tasks
+    assert all(r["text"].strip() for r in rows)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys))  # the resumed run generated nothing again
+
+
+def test_shipped_adapter_carries_its_contract_and_answers(recipe):
+    from semollama_core.adapter import load_adapter
+    from semollama_core.config import EMBEDDED_LLM, SEmoConfig
+    from semollama_core.pipeline import PromptInput, SEmoLlama
+
+    adapter = load_adapter(str(recipe["dest"]))
+    assert adapter.config.llm == EMBEDDED_LLM and adapter.config.labels == ("neutral", "happy", "sad", "angry")
+    assert adapter.config.utterance_dim == 88
+    # the head's standardisation was fitted (fp32 on disk), not left at its initial 0 / 1
+    assert float(adapter.head_std.sub(1).abs().max()) > 0.1 and adapter.head_mean.dtype == torch.float32
+    assert (recipe["dest"] / "README.md").read_text().count("training") >= 1
+    system = SEmoLlama(SEmoConfig(quantization="none", adapter=str(recipe["dest"]),
+                                  standalone_ser=str(recipe["root"] / "standalone")))
+    test_rows = [r for r in recipe["rows"] if r["split"] == "test"]
+    assert test_rows
+    clip = system.load(str(recipe["manifest"].parent / test_rows[0]["audio"]))
+    features = system.features(clip)
+    assert features.utterance.shape == (88,)
+    prediction = system.predict_emotions([PromptInput("speech_llm", features)])[0]
+    assert abs(sum(prediction.probs.values()) - 1) < 1e-5
+    assert system.generate([PromptInput("speech_llm", features)])[0].strip()
+
+
+def test_an_adapter_for_another_llm_is_refused(recipe, tmp_path):
+    from semollama_core.adapter import CheckpointError, load_adapter
+
+    config = json.loads((recipe["dest"] / "adapter_config.json").read_text())
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "llm": "someone/Other-LLM"}))
+    (folder / "adapter.safetensors").write_bytes((recipe["dest"] / "adapter.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="trained against the LLM"):
+        load_adapter(str(folder), llm=config["llm"])
+
+
+def test_adapters_of_the_first_design_still_load(tmp_path):
+    """Checkpoints written before the functionals head (no utterance_dim) keep their head."""
+    from semollama_core.adapter import AdapterConfig, SpeechAdapter, load_adapter, save_adapter
+
+    legacy = AdapterConfig(num_blocks=1, d_model=64, ffn_dim=64, num_heads=2, labels=("a", "b"), utterance_dim=0)
+    folder = save_adapter(SpeechAdapter(legacy), tmp_path / "legacy")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    del config["utterance_dim"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    loaded = load_adapter(str(folder))
+    assert loaded.config.utterance_dim == 0
+    states, prosody = torch.randn(1, 20, 384), torch.randn(1, 20, 5)
+    tokens, lengths, logits = loaded.encode_all(states, prosody, torch.tensor([20]))
+    assert logits.shape == (1, 2) and tokens.shape[1] == int(lengths[0])
+
+
+def test_the_functionals_head_needs_utterance_features():
+    from semollama_core.adapter import AdapterConfig, SpeechAdapter
+
+    adapter = SpeechAdapter(AdapterConfig(num_blocks=1, d_model=64, ffn_dim=64, num_heads=2, labels=("a", "b")))
+    with pytest.raises(ValueError, match="eGeMAPS"):
+        adapter.encode_all(torch.randn(1, 20, 384), torch.randn(1, 20, 5), torch.tensor([20]))
