@@ -260,8 +260,8 @@ def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, d
 
         def run_from_audio():
             for chunk in batches(paths, size):
-                system.predict_emotions([PromptInput("speech_llm", system.features(system.load(str(p))))
-                                         for p in chunk])
+                feats = system.features_many([system.load(str(p)) for p in chunk])
+                system.predict_emotions([PromptInput("speech_llm", f) for f in feats])
 
         def run_from_features():
             for chunk in batches(paths, size):

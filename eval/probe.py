@@ -33,12 +33,16 @@ def pooled_embeddings(system, utterances: Sequence[Utterance], systems: Sequence
     pooled: dict[str, list[np.ndarray]] = {s: [] for s in systems}
     bar = progress_bar(len(utterances), "probe features", progress)
     for batch in batches(list(utterances), batch_size):
-        features = [system.features(system.load(str(u.audio_path))) for u in batch]
+        features = system.features_many([system.load(str(u.audio_path)) for u in batch])
         for name in systems:
             if name == "backbone":
                 pooled[name] += [f.backbone_states.mean(0) for f in features]
             else:
-                pooled[name] += [e.float().mean(0).cpu().numpy() for e in system.speech_embeddings(features, system=name)]
+                # the frame tokens only: an emotion token (the head's posterior) would make it trivial
+                adapter = system.adapter if name == "speech_llm" else system.neutral_adapter
+                skip = 1 if adapter is not None and adapter.config.emotion_token else 0
+                pooled[name] += [e[skip:].float().mean(0).cpu().numpy()
+                                 for e in system.speech_embeddings(features, system=name)]
         bar.update(len(batch))
     bar.close()
     return {name: np.stack(rows) for name, rows in pooled.items()}

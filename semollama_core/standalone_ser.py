@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import threading
+
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio
@@ -52,14 +54,25 @@ class SEROptions:
             raise StandaloneSERError(f"max_iter must be at least 1, not {self.max_iter}.")
 
 
+_local = threading.local()
+
+
+def _smile():
+    """One openSMILE extractor per thread: never shared by concurrent users, and not rebuilt
+    for every clip (8 of its 45 ms)."""
+    import opensmile
+
+    if getattr(_local, "smile", None) is None:
+        _local.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                       feature_level=opensmile.FeatureLevel.Functionals)
+    return _local.smile
+
+
 def extract_features(waveforms: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
     """eGeMAPS v02 functionals [n, 88] of 16 kHz mono clips."""
-    import opensmile
     from tqdm.auto import tqdm
 
-    # A fresh Smile per call (8 ms) keeps concurrent app users from sharing one extractor.
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                            feature_level=opensmile.FeatureLevel.Functionals)
+    smile = _smile()
     rows = []
     for i, waveform in enumerate(tqdm(waveforms, desc="eGeMAPS", unit="clip", disable=not progress)):
         signal = _checked_waveform(waveform, i)
