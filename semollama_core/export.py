@@ -56,6 +56,8 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         "options": options, "hardware": machine_description(),
         "parameters": sum(p.numel() for p in adapter.parameters()),
         "metrics": metrics or {},
+        # the emotion head is fitted before alignment (train.fit_emotion_head)
+        "emotion_head": json.loads((run / "emotion_head.json").read_text()) if (run / "emotion_head.json").exists() else {},
     }
     (dest / "training_info.json").write_text(json.dumps(info, indent=2))
     if (run / "loss_curve.png").exists():
@@ -102,6 +104,11 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         f"{info['options'].get('mode')} --steps {info['options'].get('steps')}` (see `scripts/train_default.sh`); "
         f"batch {info['options'].get('batch_size')}, lr {info['options'].get('lr')}, LLM in "
         f"{info['options'].get('quantization')} while training",
+        *([f"- Started from the adapter `{info['options']['init']}` (every weight but the emotion head)"]
+          if info["options"].get("init") else []),
+        *([f"- Emotion head fitted first on utterance functionals (pooled backbone states, prosody statistics, "
+           f"eGeMAPS), then frozen: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]
+          if info.get("emotion_head") else []),
         f"- Steps: {info['steps']}; wall time {info['wall_time_s'] / 60:.1f} min; hardware: {info['hardware']}",
         f"- Final dev metrics during training (64 dev clips): "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in info.get("dev", {}).items()),
