@@ -3,7 +3,7 @@
 # On a 2-core CPU it takes about two hours; on one GPU about fifteen minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-500}
+STEPS=${STEPS:-400}
 NEUTRAL_STEPS=${NEUTRAL_STEPS:-250}
 python -m semollama_core synth --out data/synth                       # 3392 clips, splits by sentence and voice
 python -m semollama_core train-ser data/synth/manifest.jsonl --out assets/standalone_ser

@@ -19,20 +19,21 @@ MANIFEST_FIELDS = {"audio", "emotion", "transcript", "speaker", "split", "engine
                    "snr_db", "sentence_id"}
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus")
-    manifest = synthesize_corpus(out, TINY)
+def _make_corpus(tmp_path_factory, name: str, options: SynthOptions):
+    out = tmp_path_factory.mktemp(name)
+    manifest = synthesize_corpus(out, options)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     return out, manifest, rows
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    return _make_corpus(tmp_path_factory, "corpus", TINY)
 
 
 @pytest.fixture(scope="module")
 def festival_heldout(tmp_path_factory):
-    out = tmp_path_factory.mktemp("heldout")
-    manifest = synthesize_corpus(out, HELDOUT)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    return out, manifest, rows
+    return _make_corpus(tmp_path_factory, "heldout", HELDOUT)
 
 
 def test_sentence_list_is_large_unique_and_short():
