@@ -92,11 +92,27 @@ def generate_ids(model, inputs_embeds, attention_mask, stop_ids, options) -> lis
 
 
 @torch.inference_mode()
+def shared_prefix_length(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading (unpadded) positions every row shares exactly: the chat template's
+    system turn and the start of the user turn, the same for every row of a batch."""
+    starts = (attention_mask == 0).sum(-1)                     # left padding
+    shortest = int((attention_mask.shape[1] - starts).min())
+    if inputs_embeds.shape[0] < 2 or shortest < 2:
+        return 0
+    index = starts[:, None] + torch.arange(shortest - 1, device=starts.device)[None]   # keep one row token
+    rows = inputs_embeds.gather(1, index[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+    same = (rows == rows[:1]).all(-1).all(0)
+    return int(same.long().cumprod(0).sum())
+
+
 def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                          label_token_ids: list[list[int]]) -> torch.Tensor:
+                          label_token_ids: list[list[int]], share_prefix: bool = True) -> torch.Tensor:
     """Sum of log-probabilities of each label's tokens after each row's prompt: [batch, labels].
 
-    The prompt runs once; its cache is repeated for the label continuations.
+    The prompt runs once; its cache is repeated for the label continuations. With
+    `share_prefix`, the leading positions every row shares (system turn, start of the user
+    turn) run once for the whole batch and their cache is repeated per row; the rows' own
+    parts follow, left-padded after that prefix (same scores, less work).
     """
     from transformers import DynamicCache
 
@@ -109,8 +125,28 @@ def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: to
         labels[j, : len(ids)] = torch.tensor(ids, device=device)
         label_mask[j, : len(ids)] = 1
     cache = DynamicCache()
-    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                position_ids=positions(attention_mask), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    shared = shared_prefix_length(inputs_embeds, attention_mask) if share_prefix else 0
+    if shared >= 8:
+        starts = (attention_mask == 0).sum(-1)
+        prefix = inputs_embeds[:1, int(starts[0]): int(starts[0]) + shared]
+        model(inputs_embeds=prefix, attention_mask=torch.ones(1, shared, dtype=attention_mask.dtype, device=device),
+              position_ids=torch.arange(shared, device=device)[None], past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        rest_len = attention_mask.shape[1] - int(starts.min()) - shared
+        rest = inputs_embeds.new_zeros(batch, rest_len, inputs_embeds.shape[-1])
+        rest_mask = torch.zeros(batch, rest_len, dtype=attention_mask.dtype, device=device)
+        for i in range(batch):
+            own = inputs_embeds[i, int(starts[i]) + shared:]
+            rest[i, rest_len - own.shape[0]:] = own
+            rest_mask[i, rest_len - own.shape[0]:] = 1
+        attention_mask = torch.cat([torch.ones(batch, shared, dtype=rest_mask.dtype, device=device), rest_mask], 1)
+        out = model(inputs_embeds=rest, attention_mask=attention_mask,
+                    position_ids=positions(attention_mask)[:, shared:], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+    else:
+        out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                    position_ids=positions(attention_mask), past_key_values=cache, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)          # [batch, vocab]
     scores = first[:, labels[:, 0]]                                      # [batch, labels]
     if longest > 1:

@@ -95,6 +95,33 @@ def test_label_scoring_matches_a_plain_forward_pass(system_fp32):
         assert abs(expected - scored[label]) < 1e-3, (label, expected, scored[label])
 
 
+def test_shared_prefix_label_scoring_equals_the_plain_batch(system_fp32, speech_16k):
+    """The batch's common prefix (system turn, start of the user turn) runs once; every row's
+    scores stay what the plain batched pass and the row alone give (multi-token labels too)."""
+    from semollama_core.generation import label_log_likelihoods, shared_prefix_length
+
+    labels = ("neutral", "happy", "exasperated")
+    ids = system_fp32.label_token_ids(labels)
+    assert max(len(i) for i in ids) > 1
+    features = system_fp32.features(speech_16k)
+    rows = [PromptInput("speech_llm", features), PromptInput("text_only", transcript="Fine."),
+            PromptInput("text_only", transcript="I got the results back today, and they are not what I hoped.")]
+    batch = system_fp32.encode_ser_prompts(rows)
+    shared = shared_prefix_length(batch.inputs_embeds, batch.attention_mask)
+    assert shared >= 8
+    with torch.no_grad():
+        plain = label_log_likelihoods(system_fp32.llm.model, batch.inputs_embeds, batch.attention_mask, ids,
+                                      share_prefix=False)
+        fast = label_log_likelihoods(system_fp32.llm.model, batch.inputs_embeds, batch.attention_mask, ids)
+        for i in (1, 2):
+            alone = system_fp32.encode_ser_prompts([rows[i]])
+            one = label_log_likelihoods(system_fp32.llm.model, alone.inputs_embeds, alone.attention_mask, ids)
+            assert torch.allclose(one[0], fast[i], atol=1e-3), (i, one, fast[i])
+    assert torch.allclose(plain, fast, atol=1e-3), (plain, fast)
+    # a batch that shares nothing (one row) takes the plain path
+    assert shared_prefix_length(batch.inputs_embeds[:1], batch.attention_mask[:1]) == 0
+
+
 def test_streaming_and_non_streaming_greedy_give_the_same_text(system_fp32, speech_16k):
     options = DecodingOptions(max_new_tokens=12)
     for prompt in (PromptInput("speech_llm", system_fp32.features(speech_16k)),
