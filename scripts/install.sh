@@ -26,6 +26,6 @@ if [ "${SEMOLLAMA_SKIP_LLAMA_CPP:-0}" != "1" ]; then
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF}" \
       $PIP -r requirements-fast.txt; then
     echo "note: llama-cpp-python did not build; SEmoLlama still works and decodes with torch" \
-         "(about half llama.cpp's speed). Retry with: pip install -r requirements-fast.txt" >&2
+         "(a third to a quarter of llama.cpp's speed on 2 cores). Retry with: pip install -r requirements-fast.txt" >&2
   fi
 fi
