@@ -91,7 +91,6 @@ def generate_ids(model, inputs_embeds, attention_mask, stop_ids, options) -> lis
     return rows
 
 
-@torch.inference_mode()
 def shared_prefix_length(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> int:
     """How many leading (unpadded) positions every row shares exactly: the chat template's
     system turn and the start of the user turn, the same for every row of a batch."""
@@ -105,6 +104,7 @@ def shared_prefix_length(inputs_embeds: torch.Tensor, attention_mask: torch.Tens
     return int(same.long().cumprod(0).sum())
 
 
+@torch.inference_mode()
 def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                           label_token_ids: list[list[int]], share_prefix: bool = True) -> torch.Tensor:
     """Sum of log-probabilities of each label's tokens after each row's prompt: [batch, labels].
