@@ -61,8 +61,8 @@ def run_alignment(system, utterances: Sequence[Utterance], *, systems: Sequence[
 
 def _align_batch(system, batch, systems, options, given_transcripts, standalone) -> list[dict]:
     clips = [system.load(str(u.audio_path)) for u in batch]
-    features = system.features_many(clips)
-    asr = [system.transcribe(c) for c in clips]
+    features = system.features_many(clips)  # with the ASR hypothesis when an adapter reads words
+    asr = [f.transcript if f.transcript is not None else system.transcribe(c) for f, c in zip(features, clips)]
     heard = [u.transcript if given_transcripts and u.transcript else a for u, a in zip(batch, asr)]
     cascade_labels = None
     if "cascade" in systems:

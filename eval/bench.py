@@ -171,7 +171,7 @@ def cascade_label(system, clip) -> str:
 
     if system.standalone_ser is not None:
         return system.standalone_emotion(clip).label
-    return system.predict_emotions([PromptInput("speech_llm", system.features(clip))])[0].label
+    return system.predict_emotions([PromptInput("speech_llm", system.features(clip, transcribe=False))])[0].label
 
 
 def speech_llm_turn(system, path: Path, decoding) -> str:
@@ -214,7 +214,7 @@ def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]
                "cascade": PromptInput("cascade", transcript=system.transcribe(clip),
                                       emotion=cascade_label(system, clip))}
     stages = {"audio_load": median_seconds(lambda: system.load(str(clip_path)), options),
-              "backbone": median_seconds(lambda: system.features(clip), options),
+              "backbone": median_seconds(lambda: system.features(clip, transcribe=False), options),
               "adapter": median_seconds(lambda: system.speech_embeddings([features]), options),
               "asr": median_seconds(lambda: system.transcribe(clip), options)}
     if system.standalone_ser is not None:
@@ -253,14 +253,14 @@ def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, d
 
     from .common import batches
 
-    features = {p: system.features(system.load(str(p))) for p in clips}
+    features = {p: system.features(system.load(str(p)), transcribe=False) for p in clips}  # SER reads no words
     end_to_end, from_features = {}, {}
     for size in BATCH_SIZES:
         paths = [clips[i % len(clips)] for i in range(options.ser_utterances or size)]
 
         def run_from_audio():
             for chunk in batches(paths, size):
-                feats = system.features_many([system.load(str(p)) for p in chunk])
+                feats = system.features_many([system.load(str(p)) for p in chunk], transcribe=False)
                 system.predict_emotions([PromptInput("speech_llm", f) for f in feats])
 
         def run_from_features():

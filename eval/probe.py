@@ -33,7 +33,7 @@ def pooled_embeddings(system, utterances: Sequence[Utterance], systems: Sequence
     pooled: dict[str, list[np.ndarray]] = {s: [] for s in systems}
     bar = progress_bar(len(utterances), "probe features", progress)
     for batch in batches(list(utterances), batch_size):
-        features = system.features_many([system.load(str(u.audio_path)) for u in batch])
+        features = system.features_many([system.load(str(u.audio_path)) for u in batch], transcribe=False)
         for name in systems:
             if name == "backbone":
                 pooled[name] += [f.backbone_states.mean(0) for f in features]

@@ -82,7 +82,8 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
     clips = [system.load(str(u.audio_path)) for u in batch]
     if transform is not None:
         clips = [transform(u, clip) for u, clip in zip(batch, clips)]
-    features = system.features_many(clips) if {"speech_llm", "neutral_aligned"} & set(systems) else None
+    features = (system.features_many(clips, transcribe=False)  # label scoring reads no words
+                if {"speech_llm", "neutral_aligned"} & set(systems) else None)
     transcripts = None
     if "text_only" in systems:
         transcripts = [u.transcript if given_transcripts and u.transcript else system.transcribe(c)

@@ -49,6 +49,9 @@ class AdapterConfig:
     # pooled Conformer states), kept so that adapters trained with it still load.
     utterance_dim: int = UTTERANCE_DIM
     head_dim: int = 256
+    # "asr": after the speech tokens the LLM also reads the clip's ASR hypothesis as text (the
+    # lexical path; see LEXICAL_TASKS in prompts.py). "": speech tokens only (the first design).
+    lexical: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -77,7 +77,8 @@ def _eager_attentions(model, embeds: torch.Tensor):
 def _label_positions(system, prompt, span, generated, system_prompt):
     from . import prompts
 
-    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task), system_prompt)
+    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task, prompt.instruction, system._heard(prompt)),
+                                        system_prompt)
     prefix_ids = system._ids(parts.prefix)
     suffix_ids = system._ids(parts.suffix)
     # The system turn ends where the user turn's header starts.

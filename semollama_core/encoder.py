@@ -17,6 +17,7 @@ class SpeechFeatures:
     backbone_states: np.ndarray   # [frames, backbone width]
     prosody: np.ndarray           # [frames, prosody dims]
     utterance: np.ndarray | None = None  # [88] eGeMAPS functionals of the whole clip
+    transcript: str | None = None  # the ASR hypothesis, for adapters that read words (lexical="asr")
 
     @property
     def n_frames(self) -> int:

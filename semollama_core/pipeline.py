@@ -163,18 +163,30 @@ class SEmoLlama:
     def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         return load_audio(audio, max_duration_s=self.config.max_audio_s, sample_rate=sample_rate)
 
-    def features(self, audio: np.ndarray) -> SpeechFeatures:
-        return extract_features(self.backbone, audio)
+    def reads_words(self, system: str = "speech_llm") -> bool:
+        """Whether this speech system's adapter also reads the ASR hypothesis (lexical="asr")."""
+        adapter = self.adapter if system == "speech_llm" else self.neutral_adapter
+        return adapter is not None and getattr(adapter.config, "lexical", "") == "asr"
 
-    def features_many(self, clips: list[np.ndarray]) -> list[SpeechFeatures]:
+    def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
+        """Frozen features of a clip. `transcribe` (default: when an adapter reads words) adds
+        the ASR hypothesis; label scoring never needs it."""
+        features = extract_features(self.backbone, audio)
+        if transcribe is None:
+            transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
+        if transcribe:
+            features.transcript = self.transcribe(audio)
+        return features
+
+    def features_many(self, clips: list[np.ndarray], transcribe: bool | None = None) -> list[SpeechFeatures]:
         """Features of several clips, two at a time: the single-threaded eGeMAPS and prosody
         of one clip overlap the backbone of the next (about 20 % faster on 2 cores)."""
         if len(clips) < 2:
-            return [self.features(c) for c in clips]
+            return [self.features(c, transcribe) for c in clips]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(2) as pool:
-            return list(pool.map(self.features, clips))
+            return list(pool.map(lambda c: self.features(c, transcribe), clips))
 
     def transcribe(self, audio: np.ndarray) -> str:
         return self.transcriber.transcribe(audio)
@@ -203,7 +215,7 @@ class SEmoLlama:
                     speech[i] = emb
         for i, p in enumerate(inputs):
             if p.system in SPEECH_SYSTEMS:
-                user = prompts.speech_turn(p.task, p.instruction)
+                user = prompts.speech_turn(p.task, p.instruction, self._heard(p))
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
                 speech_rows.append(speech[i])
             else:
@@ -213,6 +225,15 @@ class SEmoLlama:
             prefixes.append(self._ids(parts.prefix))
             suffixes.append(self._ids(parts.suffix))
         return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens)
+
+    def _heard(self, p: PromptInput) -> str | None:
+        """The ASR hypothesis a lexical adapter reads after the speech tokens (never for SER)."""
+        if p.task not in prompts.LEXICAL_TASKS or not self.reads_words(p.system):
+            return None
+        if p.features is None or p.features.transcript is None:
+            raise ValueError(f"The {p.system} adapter reads the ASR hypothesis too; extract the clip's "
+                             "features with transcribe=True (SEmoLlama.features).")
+        return p.features.transcript
 
     def resolve_system_prompt(self, system_prompt: str | None) -> str | None:
         """A user's system prompt, cleaned; else the configured one (None: the registry default)."""
@@ -313,15 +334,19 @@ class SEmoLlama:
         with timer("audio_load"):
             clip = self.load(audio, sample_rate)
         with timer("backbone"):
-            features = self.features(clip)
+            features = self.features(clip, transcribe=False)
+        heard = None
+        if transcript is None or self.reads_words():
+            with timer("asr"):
+                heard = self.transcribe(clip)
+            features.transcript = heard  # what a lexical adapter reads: always the clip's own words
         speech_input = PromptInput("speech_llm", features)
         with timer("emotion"):
             emotion = self.predict_emotions([speech_input], system_prompt=system_prompt)[0]
         with timer("speech_llm"):
             speech_answer = self.generate([speech_input], options, system_prompt)[0]
         if transcript is None:
-            with timer("asr"):
-                transcript = self.transcribe(clip)
+            transcript = heard
         transcript = prompts.sanitize_user_text(transcript)
         with timer("standalone_ser"):
             cascade_label = self.standalone_emotion(clip, features).label if self.standalone_ser else emotion.label

@@ -26,6 +26,9 @@ TASK_INSTRUCTIONS = {
     "ser": "How do I sound? Name my emotion.",
     "caption": "Describe how I said that: my tone, pitch, pace and loudness.",
 }
+# Tasks for which an adapter with lexical="asr" also reads the clip's ASR hypothesis. SER does
+# not: how the speaker sounds is in the speech tokens, and label scoring stays ASR-free.
+LEXICAL_TASKS = ("respond", "respond_neutral", "asr", "caption")
 # Label scoring reads the answer to the SER instruction after this fixed start.
 SER_ANSWER_PREFIX = "You sound"
 
@@ -52,14 +55,16 @@ def caption_text_turn(transcript: str, emotion: str, prosody: str) -> str:
             f"{TASK_INSTRUCTIONS['caption']} Answer in one sentence that starts with \"You\".")
 
 
-def speech_turn(task: str = "respond", instruction: str | None = None) -> str:
-    """User turn for speech systems: the placeholder, then the task's instruction if any."""
+def speech_turn(task: str = "respond", instruction: str | None = None, heard: str | None = None) -> str:
+    """User turn for speech systems: the placeholder, the words heard (lexical adapters), then
+    the task's instruction if any."""
     if instruction is None:
         if task not in TASK_INSTRUCTIONS:
             raise ValueError(f"Unknown task {task!r}; known: {', '.join(TASK_INSTRUCTIONS)}.")
         instruction = TASK_INSTRUCTIONS[task]
     instruction = instruction.strip()
-    return SPEECH_PLACEHOLDER + (f"\n{instruction}" if instruction else "")
+    words = " ".join(sanitize_user_text(heard).split()) if heard else ""
+    return SPEECH_PLACEHOLDER + (f" {words}" if words else "") + (f"\n{instruction}" if instruction else "")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class TrainOptions:
     quantization: str = "bf16"         # LLM precision while training: bf16 is 2x fp32 on AVX512-BF16 CPUs; nf4 works too
     head_epochs: int = 60              # emotion head fitted first on utterance functionals (emotion mode)
     init: str = ""                     # start from this adapter folder (weights matched by name and shape)
+    lexical: str = ""                  # "asr": the LLM also reads each clip's ASR hypothesis (prompts.LEXICAL_TASKS)
+    lexical_clips: int = 0             # with lexical: transcribe at most this many clips (0: all); others train SER only
 
     def weights(self) -> dict[str, float]:
         out = {}
@@ -72,6 +74,7 @@ class Example:
     target: str
     transcript: str
     emotion: str
+    heard: str | None = None           # the ASR hypothesis the LLM reads after the speech (lexical adapters)
 
 
 # ----- data ------------------------------------------------------------------------------
@@ -105,6 +108,50 @@ def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) 
     return out
 
 
+def load_asr_hypotheses(utts: list, transcriber, cache_path: Path, *, limit: int | None = None,
+                        seed: int = 0) -> dict[str, str]:
+    """The ASR hypothesis of each clip (what an adapter with lexical="asr" reads), cached in a
+    JSONL file under the clip's feature key and the ASR model, appended clip by clip so an
+    interrupted run resumes. `limit` bounds CPU time: that many clips, drawn at random."""
+    from .audio import load_audio
+
+    cached: dict[str, str] = {}
+    if cache_path.exists():
+        for line in cache_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interrupted run
+                continue
+            if row.get("asr_model") == transcriber.name:
+                cached[row["key"]] = row["asr"]
+    keyed = [(_feature_key(u.audio_path), u) for u in utts]
+    random.Random(seed).shuffle(keyed)
+    wanted = keyed if limit is None else keyed[:limit]
+    todo = [(k, u) for k, u in wanted if k not in cached]
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_path, "a") as f:
+        for key, utt in tqdm(todo, desc="asr hypotheses", unit="clip"):
+            cached[key] = transcriber.transcribe(load_audio(utt.audio_path))
+            f.write(json.dumps({"key": key, "asr_model": transcriber.name, "asr": cached[key]}) + "\n")
+            f.flush()
+    return {k: cached[k] for k, _ in keyed if k in cached}
+
+
+def attach_asr_hypotheses(manifest: str, clips: dict[str, list], system, cache_path: Path,
+                          options: TrainOptions) -> None:
+    """Set features.transcript of the train and dev clips from the cached ASR hypotheses."""
+    from .data import iter_manifest
+
+    if options.lexical != "asr":
+        raise ValueError(f"--lexical must be asr or empty, not {options.lexical!r}.")
+    utts = [u for u in iter_manifest(manifest, require_emotion=True) if u.split in ("train", "dev")]
+    heard = load_asr_hypotheses(utts, system.transcriber, cache_path, limit=options.lexical_clips or None,
+                                seed=options.seed)
+    for split in ("train", "dev"):
+        for utt, features, _ in clips[split]:
+            features.transcript = heard.get(_feature_key(utt.audio_path))
+
+
 def _feature_key(path: Path) -> str:
     import hashlib
 
@@ -112,11 +159,16 @@ def _feature_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
 
 
-def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...]) -> list[Example]:
+def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...], lexical: bool = False) -> list[Example]:
+    """Examples of every task for every clip; with `lexical`, tasks that read words need the
+    clip's ASR hypothesis (clips without one give SER examples only)."""
     examples = []
-    for i, (utt, _, describe) in enumerate(clips):
+    for i, (utt, features, describe) in enumerate(clips):
         transcript = " ".join(utt.transcript.split())
         for task in tasks:
+            heard = features.transcript if lexical and task in prompts.LEXICAL_TASKS else None
+            if lexical and task in prompts.LEXICAL_TASKS and heard is None:
+                continue
             if task == "asr":
                 target = transcript
             else:
@@ -125,7 +177,7 @@ def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...]) -> l
                 target = cache.get(spec.key)
                 if target is None:
                     continue
-            examples.append(Example(i, task, target, transcript, utt.emotion))
+            examples.append(Example(i, task, target, transcript, utt.emotion, heard))
     return examples
 
 
@@ -153,15 +205,15 @@ class AlignmentBatcher:
         if not isinstance(self.end_id, int) or self.end_id == self.tokenizer.unk_token_id:
             self.end_id = self.tokenizer.eos_token_id
         self.max_target_tokens = max_target_tokens
-        self._parts: dict[str, tuple[list[int], list[int]]] = {}
+        self._parts: dict[tuple, tuple[list[int], list[int]]] = {}
 
-    def parts(self, task: str) -> tuple[list[int], list[int]]:
-        if task not in self._parts:
+    def parts(self, task: str, heard: str | None = None) -> tuple[list[int], list[int]]:
+        if (task, heard) not in self._parts:
             speech_task = "respond" if task == "respond_neutral" else task
-            chat = prompts.split_speech_chat(self.tokenizer, prompts.speech_turn(speech_task),
+            chat = prompts.split_speech_chat(self.tokenizer, prompts.speech_turn(speech_task, heard=heard),
                                              self.system.config.system_prompt)
-            self._parts[task] = (self.system._ids(chat.prefix), self.system._ids(chat.suffix))
-        return self._parts[task]
+            self._parts[task, heard] = (self.system._ids(chat.prefix), self.system._ids(chat.suffix))
+        return self._parts[task, heard]
 
     def target_ids(self, text: str) -> list[int]:
         return self.system._ids(text)[: self.max_target_tokens] + [self.end_id]
@@ -171,7 +223,7 @@ class AlignmentBatcher:
         device = embed.weight.device
         rows, label_rows = [], []
         for ex, sp in zip(examples, speech):
-            prefix, suffix = self.parts(ex.task)
+            prefix, suffix = self.parts(ex.task, ex.heard)
             target = self.target_ids(ex.target)
             with torch.no_grad():
                 text = embed(torch.tensor(prefix + suffix + target, device=device))
@@ -391,21 +443,24 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     system = SEmoLlama(config)
     tasks = tuple(options.weights())
     clips = load_clips(manifest, ("train", "dev"), system, Path(targets_dir or out) / "features")
+    if options.lexical:
+        attach_asr_hypotheses(manifest, clips, system, Path(targets_dir or out) / "asr_hypotheses.jsonl", options)
     decoding = TARGET_DECODING
     cache = TargetCache(targets_dir or out, fingerprint(config.llm, config.quantization, config.system_prompt, decoding))
     random.Random(0).shuffle(clips["dev"])  # the dev subset spans sentences and voices
     dev_for_targets = clips["dev"][: options.dev_limit]
     generate_targets(system, needed_specs(clips["train"] + dev_for_targets, tuple(t for t in tasks if t != "asr")),
                      cache, decoding)
-    train_ex = build_examples(clips["train"], cache, tasks)
-    dev_ex = build_examples(dev_for_targets, cache, tasks)
+    train_ex = build_examples(clips["train"], cache, tasks, bool(options.lexical))
+    dev_ex = build_examples(dev_for_targets, cache, tasks, bool(options.lexical))
     random.Random(1).shuffle(dev_ex)
     if not train_ex:
         raise ValueError(f"{manifest} has no training examples (split 'train' with transcripts and emotions).")
     adapter = system.adapter
     adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
                                                 "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3",
-                                                "emotion_token": options.mode == "emotion"})
+                                                "emotion_token": options.mode == "emotion",
+                                                "lexical": options.lexical})
     if not resume and options.mode == "emotion":
         adapter.init_emotion_embeddings(system.llm.embed_tokens, system.label_token_ids(tuple(config.labels)))
     if options.init and not resume:

@@ -23,7 +23,7 @@ def recipe(tmp_path_factory):
     assert cli(["train-ser", str(manifest), "--out", str(root / "standalone")]) == 0
     common = [str(manifest), "--out", str(run), "--targets", str(root / "targets"), "--mode", "emotion",
               "--batch-size", "4", "--aux-batch", "8", "--dev-limit", "8", "--eval-every", str(STEPS),
-              "--save-every", str(STEPS), "--head-epochs", "5", "--max-target-tokens", "16"]
+              "--save-every", str(STEPS), "--head-epochs", "5", "--max-target-tokens", "16", "--lexical", "asr"]
     assert cli(["train", *common, "--steps", str(STEPS)]) == 0
     first_log = list(csv.DictReader(open(run / "log.csv")))
     assert cli(["train", *common, "--steps", str(STEPS + 1), "--resume"]) == 0
@@ -53,6 +53,34 @@ def test_targets_are_cached_by_fingerprint_and_reused(recipe):
     assert all(r["text"].strip() for r in rows)
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys))  # the resumed run generated nothing again
+
+
+def test_asr_hypotheses_are_cached_and_read_after_the_speech(recipe):
+    from semollama_core.adapter import load_adapter
+    from semollama_core.config import SEmoConfig
+    from semollama_core.pipeline import PromptInput, SEmoLlama
+
+    rows = [json.loads(line) for line in (recipe["root"] / "targets" / "asr_hypotheses.jsonl").read_text().splitlines()]
+    trained_on = [r for r in recipe["rows"] if r["split"] in ("train", "dev")]
+    assert len(rows) == len(trained_on)  # every clip once: the resumed run transcribed nothing again
+    assert len({r["key"] for r in rows}) == len(rows) and sum(bool(r["asr"].strip()) for r in rows) > len(rows) // 2
+    assert load_adapter(str(recipe["dest"])).config.lexical == "asr"
+
+    system = SEmoLlama(SEmoConfig(quantization="none", adapter=str(recipe["dest"])))
+    assert system.reads_words()
+    clip = system.load(str(recipe["manifest"].parent / recipe["rows"][0]["audio"]))
+    features = system.features(clip)
+    assert features.transcript == system.transcribe(clip)
+    respond = system.encode_prompts([PromptInput("speech_llm", features)])
+    features.transcript = features.transcript + " and some more words"
+    longer = system.encode_prompts([PromptInput("speech_llm", features)])
+    assert longer.inputs_embeds.shape[1] > respond.inputs_embeds.shape[1]  # the words follow the speech
+    assert longer.speech_spans[0][1] - longer.speech_spans[0][0] == respond.speech_spans[0][1] - respond.speech_spans[0][0]
+    ser = system.encode_ser_prompts([PromptInput("speech_llm", features)])
+    features.transcript = None
+    assert system.encode_ser_prompts([PromptInput("speech_llm", features)]).inputs_embeds.shape == ser.inputs_embeds.shape
+    with pytest.raises(ValueError, match="ASR hypothesis"):  # label scoring reads no words; answering does
+        system.encode_prompts([PromptInput("speech_llm", features)])
 
 
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):

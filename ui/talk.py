@@ -78,7 +78,12 @@ def talk(backend: Backend, audio: Any, max_new_tokens: Any = 64, temperature: An
     system = backend.system
     start = time.perf_counter()
     clip = system.load(audio)
-    features = system.features(clip)
+    features = system.features(clip, transcribe=False)
+    transcript = None
+    if system.reads_words():  # the adapter reads the words too: ASR comes first
+        began = time.perf_counter()
+        transcript = features.transcript = system.transcribe(clip)
+        asr_s = time.perf_counter() - began
     view = TalkView(run={"audio": clip, "max_new_tokens": options.max_new_tokens, "system_prompt": system_prompt})
     speech = PromptInput("speech_llm", features)
     first_response = None
@@ -89,9 +94,11 @@ def talk(backend: Backend, audio: Any, max_new_tokens: Any = 64, temperature: An
     began = time.perf_counter()
     emotion = system.predict_emotions([speech], system_prompt=system_prompt)[0]
     view = _with_timing(replace(view, emotion=emotion), "emotion_s", began)
-    began = time.perf_counter()
-    transcript = system.transcribe(clip)
-    view = _with_timing(replace(view, transcript=transcript), "asr_s", began)
+    if transcript is None:
+        began = time.perf_counter()
+        transcript = system.transcribe(clip)
+        asr_s = time.perf_counter() - began
+    view = replace(view, transcript=transcript, timings_s={**view.timings_s, "asr_s": asr_s})
     yield view
     text_only = PromptInput("text_only", transcript=transcript)
     for view in _stream(system, "text_only", text_only, options, system_prompt, view):
