@@ -131,10 +131,41 @@ def score_alignment(rows: list[dict], *, bertscore: bool = False, judge_label: s
             metrics[name]["bertscore_f1"] = _bertscore(answers, references, notes)
     if not bertscore:
         notes.append("BERTScore: skipped offline (it needs a hub model); run in hub mode or with --bertscore.")
-    report = {"nll": nll, "response_metrics": metrics, "n": len(rows), "notes": notes}
+    report = {"nll": nll, "nll_vs_speech_llm": paired_nll_differences(rows), "response_metrics": metrics,
+              "n": len(rows), "notes": notes}
     if all("judge" in r for r in rows):
         report["judge"] = _judge_means(rows, judge_label)
     return report
+
+
+def paired_nll_differences(rows: list[dict], reference: str = "speech_llm", resamples: int = 2000,
+                           seed: int = 0) -> dict:
+    """Per other system: mean of (its NLL - the reference's NLL) over the same utterances, a 95 %
+    bootstrap interval of that mean, and the share of utterances where the reference is lower.
+    Rows are resampled by sentence when transcripts are known (clips of one sentence are not
+    independent), else by row."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in NLL_SYSTEMS:
+        pairs = [(r.get("transcript") or str(i), r["nll"][name] - r["nll"][reference])
+                 for i, r in enumerate(rows)
+                 if name != reference and r.get("nll", {}).get(name) is not None
+                 and r["nll"].get(reference) is not None]
+        if not pairs:
+            continue
+        groups: dict[str, list[float]] = {}
+        for key, diff in pairs:
+            groups.setdefault(key, []).append(diff)
+        sums = np.array([sum(g) for g in groups.values()])
+        counts = np.array([len(g) for g in groups.values()])
+        picks = rng.integers(0, len(sums), size=(resamples, len(sums)))
+        means = sums[picks].sum(1) / counts[picks].sum(1)
+        diffs = np.array([d for _, d in pairs])
+        out[name] = {"mean": float(diffs.mean()), "ci95": [float(np.percentile(means, 2.5)),
+                                                         float(np.percentile(means, 97.5))],
+                     "reference_lower_share": float((diffs > 0).mean()), "n": len(diffs),
+                     "groups": len(groups)}
+    return out
 
 
 @functools.lru_cache(maxsize=1)

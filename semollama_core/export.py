@@ -97,6 +97,9 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         f"- Adapter: {info['parameters']:,} parameters, {config['num_blocks']} Conformer blocks (d={config['d_model']}), "
         f"frames stacked by {config['stack']} (12.5 speech tokens/s), fp16 safetensors",
         f"- Tasks: `{config['task_mix']}`",
+        *([f"- Lexical path: after the speech tokens the LLM also reads the clip's ASR hypothesis (Whisper tiny.en, "
+           f"the same ASR as `text_only`) for answers, transcripts and captions; emotion label scoring reads the "
+           f"speech tokens only"] if config.get("lexical") == "asr" else []),
         "- Data: the synthetic expressive corpus (`python -m semollama_core synth --out data/synth`: 424 lexically "
         "ambiguous sentences, espeak-ng and flite voices, 4 emotions, noise/EQ/reverb; splits by sentence and voice; "
         "2720 train / 336 dev / 336 test clips)",

@@ -87,6 +87,22 @@ def test_rouge_module_on_known_pairs():
     assert rouge["rouge1_per_pair"] == [1.0, 0.0] and rouge["rougeL"] == pytest.approx(0.5)
 
 
+def test_paired_nll_differences_resample_sentences():
+    from eval.align import paired_nll_differences
+
+    rows = [{"transcript": f"sentence {i // 4}", "nll": {"speech_llm": 1.0, "text_only": 1.0 + d, "oracle": 0.5}}
+            for i, d in enumerate([0.5, 0.4, 0.6, 0.5] * 5 + [-0.1, 0.0, 0.1, 0.0])]
+    out = paired_nll_differences(rows)
+    lower, upper = out["text_only"]["ci95"]
+    assert out["text_only"]["groups"] == 6 and out["text_only"]["n"] == 24
+    assert lower < out["text_only"]["mean"] < upper and lower > 0  # speech_llm clearly lower here
+    assert out["text_only"]["reference_lower_share"] == pytest.approx(21 / 24)  # ties are not "lower"
+    assert out["oracle"]["mean"] == pytest.approx(-0.5) and "speech_llm" not in out
+    mixed = paired_nll_differences([{**r, "nll": {**r["nll"], "text_only": 1.0 + (0.3 if (i // 4) % 2 else -0.3)}}
+                                    for i, r in enumerate(rows)])
+    assert mixed["text_only"]["ci95"][0] < 0 < mixed["text_only"]["ci95"][1]
+
+
 def test_snr_fields_are_grouped_in_bands():
     assert group_values("snr_db", [3.0, 7.0, 25.0, None]) == ["0-5 dB", "5-10 dB", "20-30 dB", "clean"]
     assert group_values("utt_id", ["a", "b", "c", "d", "e"]) is None  # unique per row: not a breakdown
