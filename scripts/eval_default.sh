@@ -10,7 +10,7 @@ python -m eval.ser "$M" --out results/ser.json --systems speech_llm,text_only,st
 [ -f data/heldout/manifest.jsonl ] || python -m semollama_core synth --out data/heldout --engines festival \
   --split test --per-pair 3 --noise-prob 1.0
 python -m eval.ser data/heldout/manifest.jsonl --out results/heldout_ser.json --systems speech_llm,text_only,standalone
-python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-96}"
+python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-192}"
 python -m eval.probe "$M" --out results/probe.json
 python -m eval.robustness "$M" --out results/robustness --limit "${ROBUST_LIMIT:-96}"
 python -m eval.bench --out results/bench.json

@@ -52,6 +52,10 @@ class AdapterConfig:
     # "asr": after the speech tokens the LLM also reads the clip's ASR hypothesis as text (the
     # lexical path; see LEXICAL_TASKS in prompts.py). "": speech tokens only (the first design).
     lexical: str = ""
+    # With lexical: this many learnt tokens between the speech tokens and the words (tasks that
+    # read words only), so that the speech tokens of stage 1, and with them label scoring, can
+    # stay exactly as they were while the LLM learns to read them next to words.
+    lexical_prompt: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -99,12 +103,16 @@ class SpeechAdapter(nn.Module):
                                               nn.Linear(128, n_labels))
         self.head_frozen = False  # set once the head is fitted: alignment then trains the rest
         self.emotion_embeddings = nn.Parameter(torch.randn(n_labels, config.llm_dim) * config.embed_rms)
+        if config.lexical_prompt:
+            self.lexical_prompt_tokens = nn.Parameter(torch.randn(config.lexical_prompt, config.llm_dim)
+                                                      * config.embed_rms)
+        self.speech_frozen = False  # stage 2 with frozen speech tokens: only the lexical prompt trains
 
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(frame_lengths + self.config.stack - 1, self.config.stack, rounding_mode="floor")
 
     def train(self, mode: bool = True):
-        super().train(mode)
+        super().train(mode and not self.speech_frozen)
         if self.head_frozen:
             self.emotion_head.eval()
         return self
@@ -154,6 +162,20 @@ class SpeechAdapter(nn.Module):
         mask = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(hidden.dtype)
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return self.emotion_head(torch.cat([pooled, stats.to(pooled.dtype)], dim=-1))
+
+    def with_lexical_prompt(self, speech: torch.Tensor) -> torch.Tensor:
+        """[tokens, width] speech embeddings of one clip, followed by the learnt lexical prompt
+        when the adapter has one (call it only for prompts that read the words)."""
+        if not self.config.lexical_prompt:
+            return speech
+        return torch.cat([speech, self.lexical_prompt_tokens.to(speech.dtype)], dim=0)
+
+    @torch.no_grad()
+    def init_lexical_prompt(self, embed_tokens: nn.Embedding, token_ids: list[int]) -> None:
+        """Start the lexical prompt at the LLM's embeddings of a phrase (cycled to its length)."""
+        ids = torch.tensor([token_ids[i % len(token_ids)] for i in range(self.config.lexical_prompt)],
+                           device=embed_tokens.weight.device)
+        self.lexical_prompt_tokens.copy_(embed_tokens.weight[ids].float().to(self.lexical_prompt_tokens.device))
 
     @torch.no_grad()
     def init_emotion_embeddings(self, embed_tokens: nn.Embedding, label_token_ids: list[list[int]]) -> None:

@@ -107,7 +107,11 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         f"{info['options'].get('mode')} --steps {info['options'].get('steps')}` (see `scripts/train_default.sh`); "
         f"batch {info['options'].get('batch_size')}, lr {info['options'].get('lr')}, LLM in "
         f"{info['options'].get('quantization')} while training",
-        *([f"- Started from the adapter `{info['options']['init']}` (every weight but the emotion head)"]
+        *([f"- Stage 2 of `{info['options']['init']}`: its speech path (emotion head, emotion token, frame tokens) "
+           f"kept bit-identical, so label scoring is unchanged; only the lexical prompt "
+           f"({config.get('lexical_prompt')} tokens between the speech and the words) was trained"]
+          if info["options"].get("init") and info["options"].get("freeze_speech") else
+          [f"- Started from the adapter `{info['options']['init']}` (every weight but the emotion head)"]
           if info["options"].get("init") else []),
         *([f"- Emotion head fitted first on utterance functionals (pooled backbone states, prosody statistics, "
            f"eGeMAPS), then frozen: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]

@@ -215,9 +215,11 @@ class SEmoLlama:
                     speech[i] = emb
         for i, p in enumerate(inputs):
             if p.system in SPEECH_SYSTEMS:
-                user = prompts.speech_turn(p.task, p.instruction, self._heard(p))
+                heard = self._heard(p)
+                user = prompts.speech_turn(p.task, p.instruction, heard)
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
-                speech_rows.append(speech[i])
+                adapter = self.adapter if p.system == "speech_llm" else self.neutral_adapter
+                speech_rows.append(speech[i] if heard is None else adapter.with_lexical_prompt(speech[i]).detach())
             else:
                 user = self._text_user_turn(p)
                 parts = prompts.ChatParts(prompts.render_chat(self.tokenizer, user, system_prompt, assistant_start), "")

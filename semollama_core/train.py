@@ -26,6 +26,7 @@ from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache
                       prosody_phrase, specs_for)
 
 IGNORE = -100
+LEXICAL_PROMPT_INIT = " [That is how I said it. My words:]"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class TrainOptions:
     init: str = ""                     # start from this adapter folder (weights matched by name and shape)
     lexical: str = ""                  # "asr": the LLM also reads each clip's ASR hypothesis (prompts.LEXICAL_TASKS)
     lexical_clips: int = 0             # with lexical: transcribe at most this many clips (0: all); others train SER only
+    lexical_prompt: int = 0            # with lexical: learnt tokens between the speech and the words
+    freeze_speech: int = 0             # 1: keep every --init weight fixed; train only the lexical prompt
 
     def weights(self) -> dict[str, float]:
         out = {}
@@ -300,7 +303,8 @@ def alignment_loss(system, adapter, batcher, examples, features, options: TrainO
     states, prosody, lengths = collate_features(picked, device)
     projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths,
                                                                 collate_utterance(picked, device))
-    speech = [projected[i, : int(n)] for i, n in enumerate(out_lengths)]
+    speech = [projected[i, : int(n)] if ex.heard is None else adapter.with_lexical_prompt(projected[i, : int(n)])
+              for i, (n, ex) in enumerate(zip(out_lengths, examples))]
     embeds, mask, labels = batcher.rows(examples, speech)
     logits, targets = response_logits(system.llm.model, embeds, mask, labels)
     loss = torch.nn.functional.cross_entropy(logits, targets)
@@ -460,13 +464,24 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
                                                 "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3",
                                                 "emotion_token": options.mode == "emotion",
-                                                "lexical": options.lexical})
+                                                "lexical": options.lexical,
+                                                "lexical_prompt": options.lexical_prompt if options.lexical else 0})
+    if adapter.config.lexical_prompt and not hasattr(adapter, "lexical_prompt_tokens"):
+        adapter.lexical_prompt_tokens = torch.nn.Parameter(torch.zeros(adapter.config.lexical_prompt,
+                                                                       adapter.config.llm_dim, device=device))
+        adapter.init_lexical_prompt(system.llm.embed_tokens, system._ids(LEXICAL_PROMPT_INIT))
     if not resume and options.mode == "emotion":
         adapter.init_emotion_embeddings(system.llm.embed_tokens, system.label_token_ids(tuple(config.labels)))
     if options.init and not resume:
         skipped = init_from(adapter, options.init)
         print(json.dumps({"init": options.init, "not_initialised": skipped}))
-    if options.mode == "emotion" and adapter.config.utterance_dim and options.head_epochs > 0:
+    if options.freeze_speech:
+        if not options.init or not adapter.config.lexical_prompt:
+            raise ValueError("--freeze-speech needs --init (the speech tokens to keep) and --lexical-prompt N.")
+        for name, p in adapter.named_parameters():
+            p.requires_grad_(name == "lexical_prompt_tokens")
+        adapter.head_frozen = adapter.speech_frozen = True
+    elif options.mode == "emotion" and adapter.config.utterance_dim and options.head_epochs > 0:
         if resume:  # the fitted head is in the checkpoint: keep it fixed
             adapter.head_frozen = True
             adapter.emotion_head.requires_grad_(False)

@@ -23,12 +23,17 @@ def recipe(tmp_path_factory):
     assert cli(["train-ser", str(manifest), "--out", str(root / "standalone")]) == 0
     common = [str(manifest), "--out", str(run), "--targets", str(root / "targets"), "--mode", "emotion",
               "--batch-size", "4", "--aux-batch", "8", "--dev-limit", "8", "--eval-every", str(STEPS),
-              "--save-every", str(STEPS), "--head-epochs", "5", "--max-target-tokens", "16", "--lexical", "asr"]
+              "--save-every", str(STEPS), "--head-epochs", "5", "--max-target-tokens", "16"]
     assert cli(["train", *common, "--steps", str(STEPS)]) == 0
     first_log = list(csv.DictReader(open(run / "log.csv")))
     assert cli(["train", *common, "--steps", str(STEPS + 1), "--resume"]) == 0
-    assert cli(["export", str(run), str(dest)]) == 0
-    return {"root": root, "manifest": manifest, "run": run, "dest": dest, "first_log": first_log,
+    # stage 2: the lexical path, speech tokens kept from stage 1, only the lexical prompt learns
+    lexical = root / "run_lexical"
+    assert cli(["train", *common[:2], str(lexical), *common[3:], "--steps", "2", "--lexical", "asr",
+                "--lexical-prompt", "4", "--freeze-speech", "1", "--init", str(run / "adapter"),
+                "--task-weights", "respond:0.7,asr:0.1,caption:0.2"]) == 0
+    assert cli(["export", str(lexical), str(dest)]) == 0
+    return {"root": root, "manifest": manifest, "run": run, "lexical": lexical, "dest": dest, "first_log": first_log,
             "rows": [json.loads(line) for line in manifest.read_text().splitlines()]}
 
 
@@ -81,6 +86,25 @@ def test_asr_hypotheses_are_cached_and_read_after_the_speech(recipe):
     assert system.encode_ser_prompts([PromptInput("speech_llm", features)]).inputs_embeds.shape == ser.inputs_embeds.shape
     with pytest.raises(ValueError, match="ASR hypothesis"):  # label scoring reads no words; answering does
         system.encode_prompts([PromptInput("speech_llm", features)])
+
+
+def test_stage_two_keeps_the_speech_tokens_and_label_scores_exactly(recipe):
+    from safetensors.torch import load_file
+
+    from semollama_core.config import SEmoConfig
+    from semollama_core.pipeline import PromptInput, SEmoLlama
+
+    before = load_file(str(recipe["run"] / "adapter" / "adapter.safetensors"))
+    after = load_file(str(recipe["lexical"] / "adapter" / "adapter.safetensors"))
+    assert set(after) == set(before) | {"lexical_prompt_tokens"}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical speech path
+    clip_path = str(recipe["manifest"].parent / recipe["rows"][0]["audio"])
+    scores = []
+    for folder in (recipe["run"] / "adapter", recipe["lexical"] / "adapter"):
+        system = SEmoLlama(SEmoConfig(quantization="none", adapter=str(folder)))
+        features = system.features(system.load(clip_path), transcribe=False)
+        scores.append(system.predict_emotions([PromptInput("speech_llm", features)])[0].log_likelihoods)
+    assert scores[0] == scores[1]
 
 
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):
