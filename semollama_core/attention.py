@@ -56,10 +56,12 @@ def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None
     # The last generated token is never attended to by the rows that predict tokens.
     keys = slice(0, prompt_len + len(generated) - 1)
     attn = np.stack([w[0, :, rows, keys].float().cpu().numpy() for w in weights])  # [L, H, G, P]
-    segments, tokens = _label_positions(system, prompt, batch.speech_spans[0], generated,
-                                        system.resolve_system_prompt(system_prompt))
+    start, end = batch.speech_spans[0]
+    adapter_prompt = system.adapter.config.lexical_prompt if system._heard(prompt) is not None else 0
+    segments, tokens = _label_positions(system, prompt, (start, end - adapter_prompt), generated,
+                                        system.resolve_system_prompt(system_prompt), adapter_prompt)
     gen_tokens = [system.tokenizer.decode([t]) for t in generated]
-    return AttentionCapture(attn.astype(np.float32), segments, tokens, gen_tokens, batch.speech_spans[0],
+    return AttentionCapture(attn.astype(np.float32), segments, tokens, gen_tokens, (start, end - adapter_prompt),
                             system.tokenizer.decode(generated, skip_special_tokens=True).strip())
 
 
@@ -74,7 +76,9 @@ def _eager_attentions(model, embeds: torch.Tensor):
     return out.attentions
 
 
-def _label_positions(system, prompt, span, generated, system_prompt):
+def _label_positions(system, prompt, span, generated, system_prompt, adapter_prompt: int = 0):
+    """Segment and token label of every input position. The lexical prompt's learnt tokens
+    (after the speech tokens, before the words) count as instruction, not speech."""
     from . import prompts
 
     parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task, prompt.instruction, system._heard(prompt)),
@@ -86,9 +90,10 @@ def _label_positions(system, prompt, span, generated, system_prompt):
     system_end = min(len(system._ids(system_turn)), len(prefix_ids))
     start, end = span
     segments = ([SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (len(prefix_ids) - system_end)
-                + [SEGMENT_SPEECH] * (end - start) + [SEGMENT_INSTRUCTION] * len(suffix_ids)
+                + [SEGMENT_SPEECH] * (end - start) + [SEGMENT_INSTRUCTION] * (adapter_prompt + len(suffix_ids))
                 + [SEGMENT_GENERATED] * (len(generated) - 1))
     tokens = ([system.tokenizer.decode([t]) for t in prefix_ids] + [f"<speech {i}>" for i in range(end - start)]
+              + [f"<lexical prompt {i}>" for i in range(adapter_prompt)]
               + [system.tokenizer.decode([t]) for t in suffix_ids]
               + [system.tokenizer.decode([t]) for t in generated[:-1]])
     return segments, tokens

@@ -59,6 +59,14 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         # the emotion head is fitted before alignment (train.fit_emotion_head)
         "emotion_head": json.loads((run / "emotion_head.json").read_text()) if (run / "emotion_head.json").exists() else {},
     }
+    init_run = Path(options["init"]).parent if options.get("init") else None
+    if options.get("freeze_speech") and init_run and (init_run / "log.csv").exists():
+        # stage 2 kept stage 1's speech path: its head fit and training belong on the card too
+        stage1 = list(csv.DictReader(open(init_run / "log.csv")))
+        info["stage1"] = {"run": str(init_run), "steps": int(stage1[-1]["step"]) if stage1 else 0,
+                          "wall_time_s": _total_elapsed(stage1)}
+        if not info["emotion_head"] and (init_run / "emotion_head.json").exists():
+            info["emotion_head"] = json.loads((init_run / "emotion_head.json").read_text())
     (dest / "training_info.json").write_text(json.dumps(info, indent=2))
     if (run / "loss_curve.png").exists():
         shutil.copy2(run / "loss_curve.png", dest / "loss_curve.png")
@@ -116,6 +124,8 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         *([f"- Emotion head fitted first on utterance functionals (pooled backbone states, prosody statistics, "
            f"eGeMAPS), then frozen: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]
           if info.get("emotion_head") else []),
+        *([f"- Stage 1 (`{info['stage1']['run']}`): {info['stage1']['steps']} steps, "
+           f"{info['stage1']['wall_time_s'] / 60:.1f} min of alignment"] if info.get("stage1") else []),
         f"- Steps: {info['steps']}; wall time {info['wall_time_s'] / 60:.1f} min; hardware: {info['hardware']}",
         f"- Final dev metrics during training (64 dev clips): "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in info.get("dev", {}).items()),
