@@ -163,9 +163,13 @@ class SEmoLlama:
     def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         return load_audio(audio, max_duration_s=self.config.max_audio_s, sample_rate=sample_rate)
 
+    def adapter_for(self, system: str):
+        """The adapter of a speech system (neutral_aligned's may be None: not shipped)."""
+        return self.adapter if system == "speech_llm" else self.neutral_adapter
+
     def reads_words(self, system: str = "speech_llm") -> bool:
         """Whether this speech system's adapter also reads the ASR hypothesis (lexical="asr")."""
-        adapter = self.adapter if system == "speech_llm" else self.neutral_adapter
+        adapter = self.adapter_for(system)
         return adapter is not None and getattr(adapter.config, "lexical", "") == "asr"
 
     def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
@@ -192,7 +196,7 @@ class SEmoLlama:
         return self.transcriber.transcribe(audio)
 
     def speech_embeddings(self, features: list[SpeechFeatures], system: str = "speech_llm") -> list[torch.Tensor]:
-        adapter = self.adapter if system == "speech_llm" else self.neutral_adapter
+        adapter = self.adapter_for(system)
         if adapter is None:
             raise ValueError("The neutral_aligned adapter is not available; train it or set neutral_adapter.")
         with torch.no_grad():
@@ -218,8 +222,8 @@ class SEmoLlama:
                 heard = self._heard(p)
                 user = prompts.speech_turn(p.task, p.instruction, heard)
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
-                adapter = self.adapter if p.system == "speech_llm" else self.neutral_adapter
-                speech_rows.append(speech[i] if heard is None else adapter.with_lexical_prompt(speech[i]).detach())
+                speech_rows.append(speech[i] if heard is None
+                                   else self.adapter_for(p.system).with_lexical_prompt(speech[i]).detach())
             else:
                 user = self._text_user_turn(p)
                 parts = prompts.ChatParts(prompts.render_chat(self.tokenizer, user, system_prompt, assistant_start), "")
