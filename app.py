@@ -28,7 +28,7 @@ TITLE = "SEmoLlama: a frozen LLM hears how you said it"
 
 def default_system():
     """The system from the environment's configuration (the embedded default offline)."""
-    from semollama_core.pipeline import load_system
+    from semollama_core.model.pipeline import load_system
 
     return load_system(SEmoConfig.from_env())
 

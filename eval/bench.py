@@ -117,7 +117,7 @@ def median_stream(make_stream: Callable[[], object], options: BenchOptions) -> S
 def synthesise(text: str, path: Path, *, voice: str = "en-us", pitch: int = 50, speed: int = 160,
                seconds: float | None = CLIP_SECONDS) -> Path:
     """espeak-ng speech, trimmed or padded with silence to `seconds` so every run times the same length."""
-    from semollama_core.audio import SAMPLE_RATE, load_audio, save_wav
+    from semollama_core.model.audio import SAMPLE_RATE, load_audio, save_wav
     import numpy as np
 
     if shutil.which("espeak-ng") is None:
@@ -167,7 +167,7 @@ def peak_rss_mb() -> float:
 
 def cascade_label(system, clip) -> str:
     """The cascade's emotion: the standalone SER model, or (none shipped) the LLM's own SER, as respond() does."""
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     if system.standalone_ser is not None:
         return system.standalone_emotion(clip).label
@@ -175,14 +175,14 @@ def cascade_label(system, clip) -> str:
 
 
 def speech_llm_turn(system, path: Path, decoding) -> str:
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     clip = system.load(str(path))
     return system.generate([PromptInput("speech_llm", system.features(clip))], decoding)[0]
 
 
 def cascade_turn(system, path: Path, decoding) -> str:
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     clip = system.load(str(path))
     transcript = system.transcribe(clip)
@@ -192,7 +192,7 @@ def cascade_turn(system, path: Path, decoding) -> str:
 
 def first_token_turn(system, path: Path, system_name: str, decoding) -> str | None:
     """From audio to the first answer token: what a user waits for, whatever the answer's length."""
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     clip = system.load(str(path))
     if system_name == "speech_llm":
@@ -204,8 +204,8 @@ def first_token_turn(system, path: Path, system_name: str, decoding) -> str | No
 
 def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]) -> tuple[dict, dict, dict]:
     """(stages_s, end_to_end_s, per-system generation) for one clip on the torch path."""
-    from semollama_core.generation import DecodingOptions
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.generation import DecodingOptions
+    from semollama_core.model.pipeline import PromptInput
 
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
     clip = system.load(str(clip_path))
@@ -249,7 +249,7 @@ def respond_timings(system, clip_path: Path, options: BenchOptions) -> dict:
 
 def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, dict]:
     """Utterances per second of system.predict_emotions at each batch size: from audio, and from features."""
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     from .common import batches
 
@@ -276,8 +276,8 @@ def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, d
 
 def greedy_prompt(system) -> tuple[object, list[int]]:
     """The prompt both engines decode: as a PromptInput for SEmoLlama, as token ids for llama.cpp."""
-    from semollama_core import prompts
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model import prompts
+    from semollama_core.model.pipeline import PromptInput
 
     prompt = PromptInput("text_only", transcript=GREEDY_USER_TEXT)
     text = prompts.render_chat(system.tokenizer, prompts.text_turn(GREEDY_USER_TEXT), GREEDY_SYSTEM_PROMPT)
@@ -291,7 +291,7 @@ def greedy_prompt(system) -> tuple[object, list[int]]:
 
 def generation_speed(system, options: BenchOptions) -> dict:
     """The greedy prompt streamed by the system's own decoder (system.decoder)."""
-    from semollama_core.generation import DecodingOptions
+    from semollama_core.model.generation import DecodingOptions
 
     prompt, ids = greedy_prompt(system)
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
@@ -314,7 +314,7 @@ def agreement_clips(count: int, manifest: Path, fallback: list[Path]) -> tuple[l
     import numpy as np
 
     from semollama_core.config import ASSETS
-    from semollama_core.data import iter_manifest
+    from semollama_core.corpus.manifest import iter_manifest
 
     if manifest.is_file():
         by_emotion: dict[str, list] = {}
@@ -335,8 +335,8 @@ def agreement_clips(count: int, manifest: Path, fallback: list[Path]) -> tuple[l
 
 def torch_answers(systems: dict, features: list, options: BenchOptions) -> tuple[dict, dict]:
     """Greedy speech_llm answers and SER labels of each torch system on the agreement clips."""
-    from semollama_core.generation import DecodingOptions
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.generation import DecodingOptions
+    from semollama_core.model.pipeline import PromptInput
 
     from .common import batches
 
@@ -359,7 +359,8 @@ def llama_cpp_report(system, clip_path: Path, clips: list[AgreementClip], featur
                      torch_text_answers: dict[str, str], threads: int, options: BenchOptions) -> dict:
     """llama.cpp on the same GGUF and threads: the greedy text prompt, speech_llm from spliced
     embeddings, and agreement with the torch decoder."""
-    from semollama_core.llama_cpp_decode import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
+    from semollama_core.model.llama_cpp_decode import (LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable,
+        llama_cpp_module)
 
     try:
         version = getattr(llama_cpp_module(), "__version__", None)
@@ -400,7 +401,7 @@ def _median_runs(run: Callable[[], object], options: BenchOptions) -> dict:
 
 
 def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.pipeline import PromptInput
 
     system = peer.system
     features = system.features(system.load(str(clip_path)))
@@ -419,7 +420,7 @@ def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
 def _agreement(peer, clips: list[AgreementClip], features: list, torch_answers: dict[str, list[str]],
                torch_labels: dict[str, list[str]], options: BenchOptions) -> dict:
     """How often llama.cpp's greedy speech_llm answer, and its SER label, equal the torch ones, clip by clip."""
-    from semollama_core.pipeline import PromptInput, unpadded_rows
+    from semollama_core.model.pipeline import PromptInput, unpadded_rows
 
     system = peer.system
     ours = [peer.generate(PromptInput("speech_llm", f), options.max_new_tokens) for f in features]
@@ -464,7 +465,7 @@ def run_bench(options: BenchOptions) -> dict:
     import torch
 
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import SEmoLlama, load_system
+    from semollama_core.model.pipeline import SEmoLlama, load_system
 
     notes: list[str] = []
     threads = options.threads or torch.get_num_threads()

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from semollama_core.data import Utterance, iter_manifest
+from semollama_core.corpus.manifest import Utterance, iter_manifest
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 AUTO_SPLIT = "auto"
@@ -103,7 +103,7 @@ def progress_bar(total: int, desc: str, progress=None):
 def load_system_from_args(quantization: str | None):
     """The system from SEMOLLAMA_* settings, with the command line's quantization if given."""
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import load_system
+    from semollama_core.model.pipeline import load_system
 
     return load_system(SEmoConfig.from_env(quantization=quantization))
 
@@ -118,7 +118,7 @@ def standalone_model(system, all_rows: list[Utterance], labels: Sequence[str], n
     """The shipped standalone SER model, else one fitted now on the manifest's train split, else None."""
     if system.standalone_ser is not None:
         return system.standalone_ser
-    from semollama_core.standalone_ser import StandaloneSER
+    from semollama_core.baselines.standalone_ser import StandaloneSER
 
     train = [u for u in all_rows if u.split == "train" and u.emotion in labels]
     if len({u.emotion for u in train}) < 2:
@@ -138,7 +138,7 @@ def response_nll(system, prompt_inputs: list, responses: list[str]) -> list[floa
     its assistant turn.
     """
     import torch
-    from semollama_core.generation import positions
+    from semollama_core.model.generation import positions
 
     if len(prompt_inputs) != len(responses):
         raise EvalError(f"{len(prompt_inputs)} prompts but {len(responses)} responses.")

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from semollama_core.config import QUANTIZATIONS
-from semollama_core.data import Utterance
+from semollama_core.corpus.manifest import Utterance
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
                      metadata, positive_int, run_cli, save_figure, standalone_model, write_json,

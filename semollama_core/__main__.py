@@ -44,12 +44,12 @@ def respond_main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None)
     args = parser.parse_args(argv)
-    from .audio import load_audio
+    from .model.audio import load_audio
     from .config import SEmoConfig
 
     config = SEmoConfig.from_env(quantization=args.quantization)
     load_audio(args.audio, max_duration_s=config.max_audio_s)  # bad input fails before models load
-    from .pipeline import load_system
+    from .model.pipeline import load_system
 
     system = load_system(config)
     result = system.respond(args.audio, transcript=args.transcript, max_new_tokens=args.max_new_tokens,
@@ -60,11 +60,11 @@ def respond_main(argv: list[str]) -> int:
 
 COMMANDS = {
     "respond": ("semollama_core.__main__", "respond_main"),
-    "synth": ("semollama_core.synth", "main"),
-    "targets": ("semollama_core.targets", "main"),
-    "train": ("semollama_core.train", "main"),
-    "train-ser": ("semollama_core.standalone_ser", "main"),
-    "export": ("semollama_core.export", "main"),
+    "synth": ("semollama_core.corpus.synth", "main"),
+    "targets": ("semollama_core.training.targets", "main"),
+    "train": ("semollama_core.training.train", "main"),
+    "train-ser": ("semollama_core.baselines.standalone_ser", "main"),
+    "export": ("semollama_core.training.export", "main"),
 }
 
 

@@ -33,7 +33,7 @@ def speech_wav(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def speech_16k(speech_wav) -> np.ndarray:
-    from semollama_core.audio import load_audio
+    from semollama_core.model.audio import load_audio
 
     return load_audio(speech_wav)
 
@@ -42,7 +42,7 @@ def speech_16k(speech_wav) -> np.ndarray:
 def system_fp32():
     """The embedded system in full precision (faster on a CPU than nf4 for tests)."""
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import load_system
+    from semollama_core.model.pipeline import load_system
 
     return load_system(SEmoConfig(quantization="none"))
 
@@ -50,6 +50,6 @@ def system_fp32():
 @pytest.fixture(scope="session")
 def frozen_llm_nf4():
     from semollama_core.config import SEmoConfig
-    from semollama_core.llm import load_llm
+    from semollama_core.model.llm import load_llm
 
     return load_llm(SEmoConfig(quantization="nf4"))

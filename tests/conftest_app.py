@@ -68,7 +68,7 @@ class AppServer:
 def app_server(tmp_path_factory) -> AppServer:
     import app
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import load_system
+    from semollama_core.model.pipeline import load_system
     from ui.backend import AppSettings
 
     work = tmp_path_factory.mktemp("app")

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from semollama_core import prompts
-from semollama_core.audio import SAMPLE_RATE, AudioError, load_audio
+from semollama_core.model import prompts
+from semollama_core.model.audio import SAMPLE_RATE, AudioError, load_audio
 from semollama_core.config import SEmoConfig
-from semollama_core.encoder import speech_embeddings
-from semollama_core.generation import DecodingOptions
-from semollama_core.llm import assert_frozen, load_llm
-from semollama_core.pipeline import PromptInput
+from semollama_core.model.encoder import speech_embeddings
+from semollama_core.model.generation import DecodingOptions
+from semollama_core.model.llm import assert_frozen, load_llm
+from semollama_core.model.pipeline import PromptInput
 
 from conftest import ROOT
 
 
 def test_llm_weights_bit_identical_after_adapter_optimizer_step(system_fp32, speech_16k):
-    from semollama_core.train import AlignmentBatcher, Example, alignment_loss, TrainOptions
+    from semollama_core.training.train import AlignmentBatcher, Example, alignment_loss, TrainOptions
 
     llm = system_fp32.llm.model
     before = {k: v.detach().clone() for k, v in llm.state_dict().items()}
@@ -98,7 +98,7 @@ def test_label_scoring_matches_a_plain_forward_pass(system_fp32):
 def test_shared_prefix_label_scoring_equals_the_plain_batch(system_fp32, speech_16k):
     """The batch's common prefix (system turn, start of the user turn) runs once; every row's
     scores stay what the plain batched pass and the row alone give (multi-token labels too)."""
-    from semollama_core.generation import label_log_likelihoods, shared_prefix_length
+    from semollama_core.model.generation import label_log_likelihoods, shared_prefix_length
 
     labels = ("neutral", "happy", "exasperated")
     ids = system_fp32.label_token_ids(labels)
@@ -281,7 +281,7 @@ def test_config_rejects_bad_values():
 
 
 def test_hub_llm_offline_fails_with_one_clear_sentence(monkeypatch, tmp_path):
-    from semollama_core.llm import ModelUnavailableError
+    from semollama_core.model.llm import ModelUnavailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
@@ -291,7 +291,7 @@ def test_hub_llm_offline_fails_with_one_clear_sentence(monkeypatch, tmp_path):
 
 def test_model_cache_conversion_survives_a_crashed_first_run(tmp_path):
     """A half-written cache (no completion marker) is rebuilt, not trusted."""
-    from semollama_core.llm import COMPLETE_MARKER, embedded_llm_path
+    from semollama_core.model.llm import COMPLETE_MARKER, embedded_llm_path
 
     target = tmp_path / "smollm2-135m-instruct"
     target.mkdir(parents=True)

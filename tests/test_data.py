@@ -13,20 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from semollama_core.archive import ArchiveError, load_uploaded_manifest, safe_extract_zip
-from semollama_core.data import (
-    ManifestError,
-    ManifestWarning,
-    Utterance,
-    cremad_manifest,
-    hf_dataset_manifest,
-    iemocap_manifest,
-    iter_manifest,
-    manifest_labels,
-    ravdess_manifest,
-    read_manifest,
-    write_manifest,
-)
+from semollama_core.corpus.archive import ArchiveError, load_uploaded_manifest, safe_extract_zip
+from semollama_core.corpus.manifest import (ManifestError, ManifestWarning, Utterance, iter_manifest, manifest_labels,
+    read_manifest, write_manifest)
+from semollama_core.corpus.converters import cremad_manifest, hf_dataset_manifest, iemocap_manifest, ravdess_manifest
 
 SAMPLE_RATE = 16000
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +209,7 @@ def test_write_is_atomic_when_a_row_is_bad(corpus, tmp_path_factory):
 
 MEMORY_SCRIPT = """
 import resource, sys
-from semollama_core.data import iter_manifest
+from semollama_core.corpus.manifest import iter_manifest
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 rows = sum(1 for _ in iter_manifest(sys.argv[1], check_files=False))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -408,14 +398,14 @@ def test_hf_errors_are_one_line(tmp_path):
 def test_hf_hub_name_offline_fails_with_one_line(tmp_path):
     pytest.importorskip("datasets")
     script = textwrap.dedent(f"""
-        from semollama_core.data import hf_dataset_manifest
+        from semollama_core.corpus.converters import hf_dataset_manifest
         hf_dataset_manifest("someone/no-such-emotions", {str(tmp_path / "m.jsonl")!r}, allow_hub=True)
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("semollama_core.data.ManifestError: someone/no-such-emotions: could not load from the Hugging Face Hub")
+    assert last.startswith("semollama_core.corpus.manifest.ManifestError: someone/no-such-emotions: could not load from the Hugging Face Hub")
 
 
 # ---------------------------------------------------------------- zip archives

@@ -43,7 +43,7 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def system():
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import load_system
+    from semollama_core.model.pipeline import load_system
 
     return load_system(SEmoConfig(quantization="none"))
 
@@ -119,8 +119,8 @@ def test_mix_at_snr_reaches_the_requested_snr():
 # ----------------------------------------------------------------------------- library
 
 def test_response_nll_is_batch_invariant_and_lowest_for_the_greedy_answer(system):
-    from semollama_core.generation import DecodingOptions
-    from semollama_core.pipeline import PromptInput
+    from semollama_core.model.generation import DecodingOptions
+    from semollama_core.model.pipeline import PromptInput
 
     prompts = [PromptInput("oracle", transcript=s, emotion=e) for s, e in zip(SENTENCES[:3], EMOTIONS)]
     greedy = system.generate(prompts, DecodingOptions(max_new_tokens=8))

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from semollama_core.config import ASSETS, ConfigError, SEmoConfig
-from semollama_core.generation import DecodingOptions
-from semollama_core.llama_cpp_decode import choose_decoder, llama_cpp_importable, log_softmax, token_picker
-from semollama_core.pipeline import PromptInput, SEmoLlama, unpadded_rows
+from semollama_core.model.generation import DecodingOptions
+from semollama_core.model.llama_cpp_decode import choose_decoder, llama_cpp_importable, log_softmax, token_picker
+from semollama_core.model.pipeline import PromptInput, SEmoLlama, unpadded_rows
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (requirements-fast.txt) is not installed")
 

@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from eval.preference import (PreferenceError, bootstrap_ratio_ci, cohen_kappa, fleiss_kappa,
-                             preference_report, read_ratings_csv)
-from semollama_core.ratings import (Assignment, HubError, RatingAccessError, RatingError,
-                                    RatingStore, assignments_table, ratings_table)
+from ui.preference import (PreferenceError, bootstrap_ratio_ci, cohen_kappa, fleiss_kappa, preference_report,
+    read_ratings_csv)
+from ui.ratings import (Assignment, HubError, RatingAccessError, RatingError, RatingStore, assignments_table,
+    ratings_table)
 
 SYSTEMS = ("speech_llm", "text_only", "cascade")
 ROOT = Path(__file__).resolve().parents[1]
@@ -494,7 +494,7 @@ def test_report_from_store_csv_and_cli_agree(store, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "eval.preference", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "ui.preference", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -30,7 +30,7 @@ import soundfile as sf
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from semollama_core.audio import AudioError, load_audio
+from semollama_core.model.audio import AudioError, load_audio
 
 pytest_plugins = ["conftest_app"]
 
@@ -322,7 +322,7 @@ def test_manifest_upload_refused_with_a_clear_message(app_server, tmp_path, case
 
 def test_zip_entries_with_bare_permissions_extract(tmp_path):
     """zipfile.writestr (and other tools) store 0o600 without a file type: still plain files."""
-    from semollama_core.archive import safe_extract_zip
+    from semollama_core.corpus.archive import safe_extract_zip
 
     archive = tmp_path / "plain.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -340,7 +340,7 @@ def million_row_manifest(path: Path, rows: int = 1_000_000) -> Path:
 
 
 def test_manifest_million_rows_streamed_not_loaded_whole(app_server, tmp_path):
-    from semollama_core.data import iter_manifest
+    from semollama_core.corpus.manifest import iter_manifest
 
     manifest = million_row_manifest(tmp_path / "million.jsonl")
     assert manifest.stat().st_size > 40 * 2**20
@@ -410,7 +410,7 @@ def hostile_rating_items(n: int = 16) -> list[dict]:
 @pytest.fixture(scope="module")
 def rating_app(app_server, tmp_path_factory) -> RatingApp:
     import app
-    from semollama_core.ratings import RatingStore
+    from ui.ratings import RatingStore
     from ui.backend import AppSettings
 
     from conftest_app import free_port
@@ -509,7 +509,7 @@ def test_hostile_comments_are_stored_plain_and_never_rendered(rating_app):
 
 # ============================================================================= Load
 def test_load_fast_version_every_request_completes_or_is_refused_and_ratings_are_exact(rating_app, app_server):
-    from eval.loadtest import LoadOptions, run_load, summary_line
+    from ui.loadtest import LoadOptions, run_load, summary_line
 
     options = LoadOptions(talk=4, annotators=10, ratings_per_annotator=2, max_new_tokens=4, timeout_s=240,
                           audio=str(app_server.examples_dir / "angry_1.wav"))
@@ -528,7 +528,7 @@ def test_load_fast_version_every_request_completes_or_is_refused_and_ratings_are
 
 def test_loadtest_only_contacts_this_machine(tmp_path):
     from eval.common import EvalError
-    from eval.loadtest import main
+    from ui.loadtest import main
 
     for url in ("http://example.com/", "http://10.0.0.1:7860/", "file:///etc/passwd"):
         with pytest.raises(EvalError, match="must point at this machine"):
@@ -554,7 +554,7 @@ def test_double_clicked_submit_writes_one_rating(rating_app):
 
 
 def _adapter_checkpoint(folder: Path) -> Path:
-    from semollama_core.adapter import AdapterConfig, SpeechAdapter, save_adapter
+    from semollama_core.model.adapter import AdapterConfig, SpeechAdapter, save_adapter
 
     return save_adapter(SpeechAdapter(AdapterConfig(num_blocks=1, d_model=64, ffn_dim=64, num_heads=2)), folder)
 
@@ -586,7 +586,7 @@ def _break_checkpoint(folder: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["missing_folder", "missing_nested_folder", "missing_weights", "missing_config", "truncated_weights",
                                  "garbage_weights", "garbage_config", "wrong_shapes"])
 def test_missing_or_corrupt_adapter_checkpoint_names_the_file_and_the_fix(how, tmp_path, monkeypatch):
-    from semollama_core.adapter import CheckpointError, load_adapter
+    from semollama_core.model.adapter import CheckpointError, load_adapter
 
     monkeypatch.chdir(tmp_path)  # a relative location, as a user would type it
     if how.startswith("missing") and how.endswith("folder"):  # "runs/typo" could also be a Hub repo id
@@ -636,7 +636,7 @@ def test_unwritable_model_cache_names_the_folder_and_the_fix_on_the_command_line
 def test_model_cache_left_by_a_crashed_first_run_is_cleaned(tmp_path):
     """A kill during the first conversion leaves a staging folder (the size of the model);
     the next start removes it. (A half-written model folder itself is rebuilt: test_core.)"""
-    from semollama_core.llm import COMPLETE_MARKER, embedded_llm_path
+    from semollama_core.model.llm import COMPLETE_MARKER, embedded_llm_path
 
     target = tmp_path / "smollm2-135m-instruct"
     target.mkdir()
@@ -659,7 +659,7 @@ class AppProcess:
     server: object = None
 
     def ensure_running(self):
-        from eval.loadtest import LoadOptions, start_server
+        from ui.loadtest import LoadOptions, start_server
 
         if self.server is None or self.server.process.poll() is not None:
             folder = self.work / f"run{time.time_ns()}"
@@ -780,7 +780,7 @@ def test_app_kill_mid_rating_leaves_db_consistent(app_process):
     assert len(stored) <= len(confirmed) + len(workers)  # at most the ones in flight besides
     assert per_item == 0
     # The database is usable again at once (the WAL is replayed, no lock is left behind).
-    from semollama_core.ratings import RatingStore
+    from ui.ratings import RatingStore
 
     store = RatingStore(server.db_url)
     assignment = store.next_assignment("after_the_kill", "loadtest")

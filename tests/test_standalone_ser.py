@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from semollama_core.audio import SAMPLE_RATE, save_wav
-from semollama_core.standalone_ser import (MODEL_FILE, SEROptions, StandaloneSER, StandaloneSERError,
-                                           extract_features, main)
+from semollama_core.model.audio import SAMPLE_RATE, save_wav
+from semollama_core.baselines.standalone_ser import (MODEL_FILE, SEROptions, StandaloneSER, StandaloneSERError,
+    extract_features, main)
 
 # class -> (F0 in Hz, peak amplitude): low/high pitch crossed with quiet/loud, like sad vs angry cues.
 CLASSES = {"sad": (110.0, 0.05), "calm": (110.0, 0.4), "fearful": (250.0, 0.05), "angry": (250.0, 0.4)}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from semollama_core import synth
-from semollama_core.synth import SynthError, SynthOptions, synthesize_corpus
+from semollama_core.corpus import synth
+from semollama_core.corpus.synth import SynthError, SynthOptions, synthesize_corpus
 
 TINY = SynthOptions(sentences=8, per_pair=1, workers=1, seed=3, noise_prob=0.0, progress=False)
 # held out: every festival voice in the test split, speaking the 2 test sentences of 20

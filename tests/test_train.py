@@ -61,9 +61,9 @@ def test_targets_are_cached_by_fingerprint_and_reused(recipe):
 
 
 def test_asr_hypotheses_are_cached_and_read_after_the_speech(recipe):
-    from semollama_core.adapter import load_adapter
+    from semollama_core.model.adapter import load_adapter
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import PromptInput, SEmoLlama
+    from semollama_core.model.pipeline import PromptInput, SEmoLlama
 
     rows = [json.loads(line) for line in (recipe["root"] / "targets" / "asr_hypotheses.jsonl").read_text().splitlines()]
     trained_on = [r for r in recipe["rows"] if r["split"] in ("train", "dev")]
@@ -92,7 +92,7 @@ def test_stage_two_keeps_the_speech_tokens_and_label_scores_exactly(recipe):
     from safetensors.torch import load_file
 
     from semollama_core.config import SEmoConfig
-    from semollama_core.pipeline import PromptInput, SEmoLlama
+    from semollama_core.model.pipeline import PromptInput, SEmoLlama
 
     before = load_file(str(recipe["run"] / "adapter" / "adapter.safetensors"))
     after = load_file(str(recipe["lexical"] / "adapter" / "adapter.safetensors"))
@@ -108,9 +108,9 @@ def test_stage_two_keeps_the_speech_tokens_and_label_scores_exactly(recipe):
 
 
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):
-    from semollama_core.adapter import load_adapter
+    from semollama_core.model.adapter import load_adapter
     from semollama_core.config import EMBEDDED_LLM, SEmoConfig
-    from semollama_core.pipeline import PromptInput, SEmoLlama
+    from semollama_core.model.pipeline import PromptInput, SEmoLlama
 
     adapter = load_adapter(str(recipe["dest"]))
     assert adapter.config.llm == EMBEDDED_LLM and adapter.config.labels == ("neutral", "happy", "sad", "angry")
@@ -131,7 +131,7 @@ def test_shipped_adapter_carries_its_contract_and_answers(recipe):
 
 
 def test_an_adapter_for_another_llm_is_refused(recipe, tmp_path):
-    from semollama_core.adapter import CheckpointError, load_adapter
+    from semollama_core.model.adapter import CheckpointError, load_adapter
 
     config = json.loads((recipe["dest"] / "adapter_config.json").read_text())
     folder = tmp_path / "other"
@@ -144,7 +144,7 @@ def test_an_adapter_for_another_llm_is_refused(recipe, tmp_path):
 
 def test_adapters_of_the_first_design_still_load(tmp_path):
     """Checkpoints written before the functionals head (no utterance_dim) keep their head."""
-    from semollama_core.adapter import AdapterConfig, SpeechAdapter, load_adapter, save_adapter
+    from semollama_core.model.adapter import AdapterConfig, SpeechAdapter, load_adapter, save_adapter
 
     legacy = AdapterConfig(num_blocks=1, d_model=64, ffn_dim=64, num_heads=2, labels=("a", "b"), utterance_dim=0)
     folder = save_adapter(SpeechAdapter(legacy), tmp_path / "legacy")
@@ -159,7 +159,7 @@ def test_adapters_of_the_first_design_still_load(tmp_path):
 
 
 def test_the_functionals_head_needs_utterance_features():
-    from semollama_core.adapter import AdapterConfig, SpeechAdapter
+    from semollama_core.model.adapter import AdapterConfig, SpeechAdapter
 
     adapter = SpeechAdapter(AdapterConfig(num_blocks=1, d_model=64, ffn_dim=64, num_heads=2, labels=("a", "b")))
     with pytest.raises(ValueError, match="eGeMAPS"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from semollama_core.config import REPO_ROOT
-from semollama_core.data import Utterance, read_manifest
+from semollama_core.corpus.manifest import Utterance, read_manifest
 
 EXAMPLES_MANIFEST = "examples.jsonl"
 SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can go after an hour
@@ -130,7 +130,7 @@ class Backend:
     @property
     def store(self):
         if self._store is None:
-            from semollama_core.ratings import RatingStore
+            from ui.ratings import RatingStore
 
             with self._lock:
                 if self._store is None:

@@ -28,7 +28,7 @@ class Evaluation:
 
 
 def evaluation_manifest(backend: Backend, source: str, manifest_file: Any, zip_file: Any) -> Path:
-    from semollama_core.archive import load_uploaded_manifest
+    from semollama_core.corpus.archive import load_uploaded_manifest
 
     if source == "upload":
         return load_uploaded_manifest(manifest_file, zip_file, backend.scratch / "uploads")

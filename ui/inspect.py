@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from semollama_core.audio import SAMPLE_RATE
-from semollama_core.generation import DecodingOptions
+from semollama_core.model.audio import SAMPLE_RATE
+from semollama_core.model.generation import DecodingOptions
 
 from .backend import Backend, markdown_text, write_atomic
 from .common import MODEL_CONCURRENCY, user_errors
@@ -23,7 +23,7 @@ WAVEFORM_POINTS = 1500
 
 def capture_last_run(backend: Backend, run: dict | None):
     """Replay the last Talk clip through SEmoLlama with attention weights kept."""
-    from semollama_core.attention import capture_attention
+    from semollama_core.model.attention import capture_attention
 
     if not run or run.get("audio") is None:
         raise ValueError("Nothing to inspect yet: run a clip in the Talk tab first.")

@@ -63,7 +63,7 @@ def submit(backend: Backend, state: dict | None, choice: Any, empathy_a: Any, em
 
 
 def results(backend: Backend, admin_password: str | None) -> dict:
-    from eval.preference import preference_report
+    from ui.preference import preference_report
 
     records = backend.store.export_ratings(admin_password or None)
     if not records:

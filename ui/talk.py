@@ -8,8 +8,8 @@ from typing import Any, Iterator
 import gradio as gr
 import plotly.graph_objects as go
 
-from semollama_core.generation import DecodingOptions
-from semollama_core.pipeline import EmotionPrediction, PromptInput
+from semollama_core.model.generation import DecodingOptions
+from semollama_core.model.pipeline import EmotionPrediction, PromptInput
 
 from .backend import Backend, markdown_text
 from .common import MODEL_CONCURRENCY, user_errors

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import prompts
-from .config import QUANTIZATIONS
-from .generation import DecodingOptions
+from ..model import prompts
+from ..config import QUANTIZATIONS
+from ..model.generation import DecodingOptions
 
 TASKS_EMOTION = ("respond", "ser", "asr", "caption")   # the speech_llm encoder's tasks
 TASKS_NEUTRAL = ("respond_neutral", "asr")             # AudioChatLlama-style, no emotion anywhere
@@ -113,7 +113,7 @@ def generate_targets(system, specs: list[TargetSpec], cache: TargetCache, option
     """Greedy answers for every spec not yet cached, batched per task, appended as they come."""
     from dataclasses import replace
 
-    from .pipeline import PromptInput
+    from ..model.pipeline import PromptInput
 
     todo = sorted({s.key: s for s in specs if cache.get(s.key) is None}.values(), key=lambda s: (s.task, len(s.user_turn)))
     bar = tqdm(total=len(todo), desc="targets", unit="prompt")
@@ -133,7 +133,7 @@ def generate_targets(system, specs: list[TargetSpec], cache: TargetCache, option
 
 def _generate_ser(system, batch: list[TargetSpec], options: DecodingOptions) -> list[str]:
     """SER answers are forced to start with "You sound <label>"; rows share that start per label."""
-    from .pipeline import PromptInput
+    from ..model.pipeline import PromptInput
 
     out: dict[str, str] = {}
     for start in sorted({s.assistant_start for s in batch}):
@@ -162,8 +162,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=TARGET_DECODING.max_new_tokens)
     parser.add_argument("--quantization", default="bf16", choices=QUANTIZATIONS)
     args = parser.parse_args(argv)
-    from .config import SEmoConfig
-    from .pipeline import load_system
+    from ..config import SEmoConfig
+    from ..model.pipeline import load_system
 
     config = SEmoConfig.from_env(quantization=args.quantization, adapter=None)
     system = load_system(config)
@@ -176,9 +176,9 @@ def main(argv: list[str]) -> int:
 
 
 def collect_specs(manifest: str, splits: list[str], tasks: tuple[str, ...]) -> list[TargetSpec]:
-    from .audio import load_audio
-    from .data import iter_manifest
-    from .prosody import describe_prosody
+    from ..model.audio import load_audio
+    from ..corpus.manifest import iter_manifest
+    from ..model.prosody import describe_prosody
 
     specs = []
     for utt in iter_manifest(manifest, require_emotion=True):

@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
-from sqlalchemy import (CheckConstraint, Column, DateTime, ForeignKey, ForeignKeyConstraint,
-                        Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-                        event, func, select)
+from sqlalchemy import (CheckConstraint, Column, DateTime, ForeignKey, ForeignKeyConstraint, Integer, MetaData,
+    String, Table, Text, UniqueConstraint, create_engine, event, func, select)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 

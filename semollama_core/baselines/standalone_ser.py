@@ -21,8 +21,8 @@ import threading
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio
-from .data import Utterance, iter_manifest
+from ..model.audio import SAMPLE_RATE, load_audio
+from ..corpus.manifest import Utterance, iter_manifest
 
 __all__ = ["StandaloneSER", "StandaloneSERError", "SEROptions", "extract_features",
            "train_standalone_ser", "main"]

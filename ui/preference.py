@@ -18,8 +18,8 @@ quality scores (1 to 5) for both responses. Reported:
   answer in one category);
 - all of the above except agreement, per emotion of the item.
 
-    python -m eval.preference --db ~/.local/share/semollama/ratings.sqlite --out pref.json
-    python -m eval.preference --csv ratings.csv --out pref.json
+    python -m ui.preference --db ~/.local/share/semollama/ratings.sqlite --out pref.json
+    python -m ui.preference --csv ratings.csv --out pref.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from semollama_core.ratings import CHOICES, RatingStore
+from ui.ratings import CHOICES, RatingStore
 
 __all__ = ["PreferenceError", "preference_report", "read_ratings_csv", "load_ratings_db",
            "cohen_kappa", "fleiss_kappa", "bootstrap_ratio_ci"]
@@ -293,7 +293,7 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m eval.preference",
+        prog="python -m ui.preference",
         description="Win rates, scores and annotator agreement from blind A/B ratings.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--db", help="ratings database: SQLAlchemy URL or SQLite file path "

@@ -1,6 +1,6 @@
 """Load test of the app on this machine: concurrent Talk requests and annotators rating.
 
-    python -m eval.loadtest --out FILE.json [--talk 20] [--annotators 50]
+    python -m ui.loadtest --out FILE.json [--talk 20] [--annotators 50]
                             [--url http://127.0.0.1:PORT/ --db SQLALCHEMY_URL]
 
 Every request must either complete or be told that the queue is full; every rating the
@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .common import EvalError, argument_parser, check_out_path, positive_int, run_cli, write_json
+from eval.common import EvalError, argument_parser, check_out_path, positive_int, run_cli, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -334,7 +334,7 @@ def free_port() -> int:
 
 def rating_items(examples: Path = EXAMPLES) -> list[dict]:
     """The bundled examples with stored answers, so the server rates without generating."""
-    from semollama_core.data import read_manifest
+    from semollama_core.corpus.manifest import read_manifest
 
     items = []
     for index, utterance in enumerate(read_manifest(examples / "examples.jsonl")):
@@ -348,7 +348,7 @@ def rating_items(examples: Path = EXAMPLES) -> list[dict]:
 
 def start_server(folder: Path, options: LoadOptions, deadline: float, env: dict | None = None) -> Server:
     """python app.py on a free 127.0.0.1 port with its own data folder and rating set."""
-    from semollama_core.ratings import RatingStore
+    from ui.ratings import RatingStore
 
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -389,7 +389,7 @@ def wait_until_up(server: Server, deadline: float) -> None:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv: list[str]) -> int:
-    parser = argument_parser("python -m eval.loadtest", "Concurrent Talk requests and annotators against the "
+    parser = argument_parser("python -m ui.loadtest", "Concurrent Talk requests and annotators against the "
                              "app on 127.0.0.1; latency per endpoint and a check of the ratings database.")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     parser.add_argument("--talk", type=int, default=LoadOptions.talk, help="concurrent Talk requests (default 20)")

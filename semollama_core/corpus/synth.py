@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from ..model.audio import SAMPLE_RATE
 
 __all__ = ["SynthOptions", "SynthError", "EmotionBand", "EMOTION_BANDS", "Voice",
            "available_voices", "synthesize_corpus", "main"]

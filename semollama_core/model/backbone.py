@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .config import EMBEDDED_WHISPER
+from ..config import EMBEDDED_WHISPER
 from .llm import ModelUnavailableError
 
 FRAME_RATE = 50              # encoder frames per second (10 ms mels, stride-2 convolution)

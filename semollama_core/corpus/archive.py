@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .data import JSONL_SUFFIXES, CSV_SUFFIXES, ManifestError, iter_manifest
+from .manifest import JSONL_SUFFIXES, CSV_SUFFIXES, ManifestError, iter_manifest
 
 __all__ = ["ArchiveError", "safe_extract_zip", "load_uploaded_manifest"]
 

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import ConfigError, SEmoConfig
+from ..config import ConfigError, SEmoConfig
 
 INSTALL_HINT = "pip install -r requirements-fast.txt"
 
@@ -365,7 +365,7 @@ class LlamaCppSpeechLLM:
                                        gguf_path=gguf_path)
 
     def run(self, prompt, max_new_tokens: int | None = None, system_prompt: str | None = None) -> GreedyRun:
-        """prompt: a semollama_core.pipeline.PromptInput (any system: speech or text)."""
+        """prompt: a semollama_core.model.types.PromptInput (any system: speech or text)."""
         batch = self.system.encode_prompts([prompt], system_prompt=system_prompt)
         embeds = batch.inputs_embeds[0].detach().float().cpu().numpy()
         return self.model.generate_from_embeddings(embeds, max_new_tokens or self.system.config.max_new_tokens,

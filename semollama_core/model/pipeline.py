@@ -16,7 +16,7 @@ import torch
 from . import prompts
 from .audio import AudioInput, load_audio
 from .backbone import Transcriber, WhisperBackbone
-from .config import ConfigError, SEmoConfig
+from ..config import ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech
 from .encoder import SpeechFeatures, build_adapter, extract_features, speech_embeddings
 from .generation import DecodingOptions, decode, label_log_likelihoods, stop_token_ids
@@ -115,7 +115,7 @@ class SEmoLlama:
     def _adapter(self, location: str | None):
         from pathlib import Path
 
-        from .config import ASSETS
+        from ..config import ASSETS
 
         if location and Path(location) == ASSETS / "speech_llm" and not Path(location).exists():
             location = None  # the default checkpoint is not shipped: a fresh adapter (answers are noise)
@@ -142,7 +142,7 @@ class SEmoLlama:
     def standalone_ser(self):
         from pathlib import Path
 
-        from .standalone_ser import StandaloneSER
+        from ..baselines.standalone_ser import StandaloneSER
 
         location = self.config.standalone_ser
         if not location or not (Path(location) / "standalone_ser.json").is_file():

@@ -32,7 +32,7 @@ def extract_features(backbone: WhisperBackbone, audio: np.ndarray) -> SpeechFeat
 
 def utterance_features(audio: np.ndarray) -> np.ndarray:
     """eGeMAPS v02 functionals [88] of a 16 kHz mono clip (the emotion head's acoustic summary)."""
-    from .standalone_ser import extract_features as egemaps
+    from ..baselines.standalone_ser import extract_features as egemaps
 
     return egemaps([audio])[0].astype(np.float32)
 

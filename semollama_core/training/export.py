@@ -8,7 +8,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from .adapter import CONFIG_FILE, WEIGHTS_FILE, load_adapter
+from ..model.adapter import CONFIG_FILE, WEIGHTS_FILE, load_adapter
 
 
 def machine_description() -> str:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import prompts
-from .adapter import SpeechAdapter, save_adapter
-from .encoder import SpeechFeatures, collate_features, collate_utterance
+from ..model import prompts
+from ..model.adapter import SpeechAdapter, save_adapter
+from ..model.encoder import SpeechFeatures, collate_features, collate_utterance
 from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
-                      prosody_phrase, specs_for)
+    prosody_phrase, specs_for)
 
 IGNORE = -100
 LEXICAL_PROMPT_INIT = " [That is how I said it. My words:]"
@@ -83,10 +83,10 @@ class Example:
 # ----- data ------------------------------------------------------------------------------
 def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) -> dict[str, list]:
     """Frozen features for every clip (cached on disk, fp16), with utterance metadata."""
-    from .audio import load_audio
-    from .data import iter_manifest
-    from .encoder import extract_features, utterance_features
-    from .prosody import describe_prosody
+    from ..model.audio import load_audio
+    from ..corpus.manifest import iter_manifest
+    from ..model.encoder import extract_features, utterance_features
+    from ..model.prosody import describe_prosody
 
     out: dict[str, list] = {s: [] for s in splits}
     utts = [u for u in iter_manifest(manifest, require_emotion=True) if u.split in splits]
@@ -116,7 +116,7 @@ def load_asr_hypotheses(utts: list, transcriber, cache_path: Path, *, limit: int
     """The ASR hypothesis of each clip (what an adapter with lexical="asr" reads), cached in a
     JSONL file under the clip's feature key and the ASR model, appended clip by clip so an
     interrupted run resumes. `limit` bounds CPU time: that many clips, drawn at random."""
-    from .audio import load_audio
+    from ..model.audio import load_audio
 
     cached: dict[str, str] = {}
     if cache_path.exists():
@@ -143,7 +143,7 @@ def load_asr_hypotheses(utts: list, transcriber, cache_path: Path, *, limit: int
 def attach_asr_hypotheses(manifest: str, clips: dict[str, list], system, cache_path: Path,
                           options: TrainOptions) -> None:
     """Set features.transcript of the train and dev clips from the cached ASR hypotheses."""
-    from .data import iter_manifest
+    from ..corpus.manifest import iter_manifest
 
     if options.lexical != "asr":
         raise ValueError(f"--lexical must be asr or empty, not {options.lexical!r}.")
@@ -261,7 +261,7 @@ def response_logits(model, embeds, mask, labels):
 
 def teacher_logits(system, batcher, examples: list[Example]) -> torch.Tensor:
     """The frozen LLM on the emotion-conditioned text prompt, at the same target tokens."""
-    from .embeds import splice_speech
+    from ..model.embeds import splice_speech
 
     prefixes, suffixes, empties, label_rows = [], [], [], []
     for ex in examples:
@@ -383,7 +383,7 @@ def init_from(adapter: SpeechAdapter, location: str) -> list[str]:
     """Copy every weight of a saved adapter whose name and shape match; returns those skipped."""
     from safetensors.torch import load_file
 
-    from .adapter import WEIGHTS_FILE, resolve_checkpoint
+    from ..model.adapter import WEIGHTS_FILE, resolve_checkpoint
 
     state = load_file(str(resolve_checkpoint(location) / WEIGHTS_FILE))
     own = adapter.state_dict()
@@ -395,7 +395,7 @@ def init_from(adapter: SpeechAdapter, location: str) -> list[str]:
 # ----- evaluation during training ---------------------------------------------------------
 @torch.no_grad()
 def dev_metrics(system, adapter, batcher, dev_clips, dev_examples, options: TrainOptions, device) -> dict:
-    from .pipeline import PromptInput
+    from ..model.pipeline import PromptInput
 
     adapter.eval()
     system.adapter = adapter
@@ -432,9 +432,9 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
           resume: bool = False, config=None) -> Path:
     from accelerate import Accelerator
 
-    from .config import SEmoConfig
-    from .llm import assert_frozen
-    from .pipeline import SEmoLlama
+    from ..config import SEmoConfig
+    from ..model.llm import assert_frozen
+    from ..model.pipeline import SEmoLlama
 
     accelerator = Accelerator(gradient_accumulation_steps=options.grad_accum,
                               mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())

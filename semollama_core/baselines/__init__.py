@@ -1,0 +1,1 @@
+"""Baselines the LLM is compared against: the standalone SER model."""

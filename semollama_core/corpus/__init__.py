@@ -1,0 +1,1 @@
+"""Corpora: manifests, converters of public corpora, uploaded archives, the synthetic corpus."""
