@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Short on purpose: it is part of every training sequence on a 2-core CPU.
-DEFAULT_SYSTEM_PROMPT = "You are a warm assistant. Reply in one or two short sentences, without emoji."
+# Chosen on dev sentences (12 sentences x 4 emotions, emotion-conditioned text prompts): "You are
+# a warm assistant" made the 135M LLM talk about itself ("as a warm assistant, I'm designed to...")
+# in 10 % of answers; this one in none, and its answers fit the stated feeling more often.
+DEFAULT_SYSTEM_PROMPT = ("Reply to the speaker in one or two short sentences, without emoji. "
+                         "Show that you noticed how they feel.")
 SPEECH_PLACEHOLDER = "<<<SPEECH>>>"
 
 # How an emotion is stated in the emotion-conditioned prompt (the alignment target).
@@ -33,6 +37,17 @@ LEXICAL_TASKS = ("respond", "respond_neutral", "asr", "caption")
 SER_ANSWER_PREFIX = "You sound"
 
 
+# How the emotion-conditioned prompt states the feeling: "<words> (I feel sad.)". Chosen on dev over
+# "[I say this in a sad, downcast voice.] <words>": the answers then fit the stated feeling more
+# often (sentence-embedding proxy, 0.52-0.54 against 0.40-0.42 top-1 over 4 emotions, n=48 each).
+FEELING_WORDS = {"neutral": "calm", "happy": "happy", "sad": "sad", "angry": "angry", "fearful": "afraid",
+                 "surprised": "surprised", "disgust": "disgusted", "calm": "calm"}
+
+
+def feeling_word(emotion: str) -> str:
+    return FEELING_WORDS.get(emotion, emotion)
+
+
 def emotion_phrase(emotion: str) -> str:
     return EMOTION_PHRASES.get(emotion, f"in a {emotion} voice")
 
@@ -42,7 +57,7 @@ def text_turn(transcript: str, emotion: str | None = None) -> str:
     transcript = " ".join(transcript.split())
     if emotion is None:
         return transcript
-    return f"[I say this {emotion_phrase(emotion)}.] {transcript}"
+    return f"{transcript} (I feel {feeling_word(emotion)}.)"
 
 
 def ser_text_turn(transcript: str, emotion: str) -> str:
