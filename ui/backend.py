@@ -14,12 +14,12 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from semollama_core.config import REPO_ROOT
-from semollama_core.corpus.manifest import Utterance, read_manifest
+from semollama_core import REPO_ROOT, Utterance, atomic_write, read_manifest
 
 EXAMPLES_MANIFEST = "examples.jsonl"
 SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can go after an hour
@@ -28,17 +28,27 @@ SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can g
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _env_flag(name: str, default: bool = False) -> bool:
     value = os.environ.get(name, "").strip().lower()
-    return default if not value else value in ("1", "true", "yes", "on")
+    if not value:
+        return default
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"{name} must be one of {', '.join(_TRUE + _FALSE)}, not {os.environ[name]!r}")
+    return value in _TRUE
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1, maximum: int = 1_000_000) -> int:
     value = os.environ.get(name, "").strip()
     try:
-        return int(value) if value else default
+        number = int(value) if value else default
     except ValueError:
         raise ValueError(f"{name} must be an integer, not {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, not {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,8 @@ class AppSettings:
             show_transcript=_env_flag("SEMOLLAMA_SHOW_TRANSCRIPT"),
             rating_set=os.environ.get("SEMOLLAMA_RATING_SET") or None,
             hf_dataset=os.environ.get("SEMOLLAMA_HF_DATASET") or None,
-            max_upload_mb=_env_int("SEMOLLAMA_MAX_UPLOAD_MB", cls.max_upload_mb),
-            queue_size=_env_int("SEMOLLAMA_QUEUE_SIZE", cls.queue_size),
+            max_upload_mb=_env_int("SEMOLLAMA_MAX_UPLOAD_MB", cls.max_upload_mb, maximum=10_000),
+            queue_size=_env_int("SEMOLLAMA_QUEUE_SIZE", cls.queue_size, maximum=10_000),
         )
 
 
@@ -96,6 +106,56 @@ def one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+class ModelSlot:
+    """The one model slot of the process (two CPU cores run one model call at a time well).
+
+    Interactive turns (Talk, Inspect) hold it for a whole turn; batch work (an evaluation,
+    building the rating set) holds it one short chunk at a time and, between chunks, lets
+    every interactive turn that is waiting go first. So a long evaluation delays a Talk turn
+    by at most one chunk. Not tied to a thread: gradio may run a streaming handler's steps
+    on different worker threads."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._busy = False
+        self._interactive_waiting = 0
+
+    @contextmanager
+    def interactive(self):
+        with self._changed:
+            self._interactive_waiting += 1
+            try:
+                while self._busy:
+                    self._changed.wait()
+            finally:
+                self._interactive_waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextmanager
+    def batch(self):
+        with self._changed:
+            while self._busy or self._interactive_waiting:
+                self._changed.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def interactive_waiting(self) -> int:
+        return self._interactive_waiting
+
+    def _release(self) -> None:
+        with self._changed:
+            self._busy = False
+            self._changed.notify_all()
+
+
 class Backend:
     """Loads the system once (lazily, thread-safe) and hands out shared read-only things."""
 
@@ -107,6 +167,7 @@ class Backend:
         self._lock = threading.Lock()
         self._rating_lock = threading.Lock()
         self._rating_set_name: str | None = self.settings.rating_set
+        self.slot = ModelSlot()
         self.scratch = Path(tempfile.mkdtemp(prefix="semollama-app-"))
 
     # ----- shared models and stores -----------------------------------------------------
@@ -130,7 +191,7 @@ class Backend:
     @property
     def store(self):
         if self._store is None:
-            from ui.ratings import RatingStore
+            from .ratings import RatingStore
 
             with self._lock:
                 if self._store is None:
@@ -184,7 +245,8 @@ class Backend:
         for done, example in enumerate(examples):
             if progress:
                 progress(done, len(examples))
-            result = self.system.respond(str(example.path))
+            with self.slot.batch():  # background work: a Talk turn goes first
+                result = self.system.respond(str(example.path))
             items.append({"audio": example.name, "emotion": example.emotion or "",
                           "transcript": example.transcript or result.transcript,
                           "responses": dict(result.responses), "item_id": f"ex-{done}"})
@@ -224,12 +286,4 @@ class Backend:
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
     """Call write(tmp) then move tmp onto path, so no half-written download is ever served."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, write, mode=None)

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
 
 from .backend import EXAMPLES_MANIFEST, Backend, markdown_text, write_atomic
-from .common import MODEL_CONCURRENCY, user_errors
+from .common import EVALUATE_CONCURRENCY, user_errors
 
 SOURCES = ("bundled examples", "upload")
 SYSTEM_CHOICES = ("speech_llm", "text_only", "standalone", "neutral_aligned")
 DEFAULT_SYSTEMS = ["speech_llm", "text_only", "standalone"]
 MAX_ITEMS = 500  # the app runs on a shared CPU; bigger sets belong to `python -m eval.ser`
+# A chunk of an evaluation holds the model slot about this long; a Talk turn waits at most one chunk.
+CHUNK_TARGET_S = 0.4
+MAX_CHUNK = 16  # eval.ser's batch size: bigger chunks gain nothing
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Evaluation:
 
 
 def evaluation_manifest(backend: Backend, source: str, manifest_file: Any, zip_file: Any) -> Path:
-    from semollama_core.corpus.archive import load_uploaded_manifest
+    from semollama_core import load_uploaded_manifest
 
     if source == "upload":
         return load_uploaded_manifest(manifest_file, zip_file, backend.scratch / "uploads")
@@ -40,8 +44,21 @@ def evaluation_manifest(backend: Backend, source: str, manifest_file: Any, zip_f
     return manifest
 
 
-def evaluate(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
-             limit: Any, progress: Callable[[int, int], None] | None = None) -> Evaluation:
+@dataclass(frozen=True)
+class EvaluationProgress:
+    done: int                    # utterances evaluated so far
+    total: int
+    elapsed_s: float
+
+    def describe(self) -> str:
+        return f"Evaluating… {self.done} of {self.total} clips ({self.elapsed_s:.0f} s)."
+
+
+def evaluation_steps(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
+                     limit: Any) -> Iterator[EvaluationProgress | Evaluation]:
+    """An evaluation in short chunks: each holds the model slot about CHUNK_TARGET_S and gives it
+    back, so that a Talk turn waiting meanwhile goes first. Yields progress after every chunk,
+    then the Evaluation. Closing the generator (Cancel) stops it between chunks."""
     from eval import ser
     from eval.common import AUTO_SPLIT, evaluation_rows
 
@@ -50,13 +67,37 @@ def evaluate(backend: Backend, source: str, manifest_file: Any, zip_file: Any, s
         raise ValueError(f"Choose at least one system from {', '.join(SYSTEM_CHOICES)}.")
     limit = _limit(limit)
     manifest = evaluation_manifest(backend, source, manifest_file, zip_file)
-    system = backend.system
-    rows, labels, notes, all_rows = evaluation_rows(manifest, system.config.labels, split=AUTO_SPLIT, limit=limit)
-    chosen, standalone = ser.runnable_systems(system, chosen, all_rows, labels, notes)
-    predictions = ser.run_ser(system, rows, chosen, labels=labels, standalone=standalone,
-                              progress=progress or (lambda done, total: None))
+    started = time.perf_counter()
+    with backend.slot.batch():  # loading the models, or fitting a standalone model, is batch work too
+        system = backend.system
+        rows, labels, notes, all_rows = evaluation_rows(manifest, system.config.labels, split=AUTO_SPLIT, limit=limit)
+        chosen, standalone = ser.runnable_systems(system, chosen, all_rows, labels, notes)
+    predictions: list[dict] = []
+    size = 2
+    while len(predictions) < len(rows) * len(chosen):
+        done = len(predictions) // len(chosen)
+        chunk = rows[done:done + size]
+        with backend.slot.batch():
+            began = time.perf_counter()
+            predictions += ser.run_ser(system, chunk, chosen, batch_size=len(chunk), labels=labels,
+                                       standalone=standalone, progress=lambda *_: None)
+            spent = time.perf_counter() - began
+        # Next chunk: as many clips as fit in the target at this chunk's pace.
+        size = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S * len(chunk) / max(spent, 1e-3))))
+        yield EvaluationProgress(done + len(chunk), len(rows), time.perf_counter() - started)
     scores = ser.score_predictions(predictions, labels)
-    return Evaluation(scores, predictions, notes, _items(predictions))
+    yield Evaluation(scores, predictions, notes, _items(predictions))
+
+
+def evaluate(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
+             limit: Any, progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """The whole evaluation at once (still chunk by chunk on the model slot)."""
+    for step in evaluation_steps(backend, source, manifest_file, zip_file, systems, limit):
+        if isinstance(step, Evaluation):
+            return step
+        if progress:
+            progress(step.done, step.total)
+    raise RuntimeError("the evaluation ended without a result")
 
 
 def _limit(limit: Any) -> int:
@@ -153,7 +194,9 @@ def build_evaluate_tab(backend: Backend) -> None:
                                        elem_id="eval-systems")
             limit = gr.Number(value=50, minimum=1, maximum=MAX_ITEMS, precision=0, label="At most this many items",
                               elem_id="eval-limit")
-            run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+            with gr.Row():
+                run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+                cancel = gr.Button("Cancel", elem_id="eval-cancel")
     notes = gr.Markdown("", elem_id="eval-notes")
     metrics = gr.Dataframe(label="Metrics", interactive=False, elem_id="eval-metrics")
     confusion = gr.Plot(label="Confusion matrices", elem_id="eval-confusion")
@@ -169,9 +212,13 @@ def build_evaluate_tab(backend: Backend) -> None:
     source.change(lambda chosen: gr.update(visible=chosen == "upload"), source, uploads, api_name="evaluate_source")
 
     def on_run(chosen_source, manifest_file, zip_file, chosen, most, progress=gr.Progress()):
-        def report(done, total):
-            progress((done, total), desc="Recognising emotions")
-        evaluation = evaluate(backend, chosen_source, manifest_file, zip_file, chosen, most, report)
+        evaluation = None
+        for step in evaluation_steps(backend, chosen_source, manifest_file, zip_file, chosen, most):
+            if isinstance(step, Evaluation):
+                evaluation = step
+                break
+            progress((step.done, step.total), desc="Recognising emotions")
+            yield (step.describe(), *[gr.skip()] * (len(outputs) - 1))
         from eval.ser import confusion_figure
 
         for note in evaluation.notes:
@@ -179,12 +226,13 @@ def build_evaluate_tab(backend: Backend) -> None:
         note_lines = "  \n".join(markdown_text(n) for n in evaluation.notes)
         csv_path, json_path = save_downloads(backend, evaluation)
         state = [{"audio": i["audio"], "emotion": i["emotion"], "predicted": i["predicted"]} for i in evaluation.items]
-        return (note_lines, metrics_table(evaluation), confusion_figure(evaluation.scores), items_table(evaluation),
-                csv_path, json_path, state, 0, *show_item(state, 0))
+        yield (note_lines, metrics_table(evaluation), confusion_figure(evaluation.scores), items_table(evaluation),
+               csv_path, json_path, state, 0, *show_item(state, 0))
 
-    run.click(user_errors(on_run), [source, manifest, archive, systems, limit],
-              [notes, metrics, confusion, items, csv_file, json_file, results, index, player, item_info],
-              api_name="evaluate", **MODEL_CONCURRENCY)
+    outputs = [notes, metrics, confusion, items, csv_file, json_file, results, index, player, item_info]
+    running = run.click(user_errors(on_run), [source, manifest, archive, systems, limit], outputs,
+                        api_name="evaluate", **EVALUATE_CONCURRENCY)
+    cancel.click(lambda: "Evaluation cancelled.", None, notes, cancels=[running], api_name="evaluate_cancel")
 
     index.change(user_errors(show_item), [results, index], [player, item_info], api_name="evaluate_item")
 

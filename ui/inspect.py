@@ -9,11 +9,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from semollama_core.model.audio import SAMPLE_RATE
-from semollama_core.model.generation import DecodingOptions
+from semollama_core import SAMPLE_RATE
 
 from .backend import Backend, markdown_text, write_atomic
-from .common import MODEL_CONCURRENCY, user_errors
+from .common import MODEL_CONCURRENCY, holds_model, user_errors
 
 SEGMENTS = ("system", "speech", "instruction", "generated")
 SEGMENT_COLOURS = {"system": "#9e9e9e", "speech": "#2e7d32", "instruction": "#1565c0", "generated": "#ef6c00"}
@@ -23,12 +22,11 @@ WAVEFORM_POINTS = 1500
 
 def capture_last_run(backend: Backend, run: dict | None):
     """Replay the last Talk clip through SEmoLlama with attention weights kept."""
-    from semollama_core.model.attention import capture_attention
-
     if not run or run.get("audio") is None:
         raise ValueError("Nothing to inspect yet: run a clip in the Talk tab first.")
-    options = DecodingOptions(max_new_tokens=int(run["max_new_tokens"]))
-    capture = capture_attention(backend.system, run["audio"], options, run.get("system_prompt"))
+    capture = backend.system.capture_attention(run["audio"], sample_rate=SAMPLE_RATE,
+                                               max_new_tokens=int(run["max_new_tokens"]),
+                                               system_prompt=run.get("system_prompt"))
     if len(capture.segments) != capture.attentions.shape[-1]:
         # Seen with a custom system prompt: the labels then do not line up with the positions.
         raise ValueError(f"The attention capture labelled {len(capture.segments)} positions but has "
@@ -179,7 +177,8 @@ def build_inspect_tab(backend: Backend, last_run: gr.State) -> None:
                 gr.update(maximum=layers - 1, value=chosen),
                 gr.update(choices=[HEAD_MEAN] + [str(h) for h in range(heads)], value=HEAD_MEAN), state)
 
-    show.click(user_errors(on_show), last_run, [summary, heatmap, share, download, layer, head, inspected],
+    show.click(holds_model(backend, user_errors(on_show)), last_run,
+               [summary, heatmap, share, download, layer, head, inspected],
                api_name="inspect", **MODEL_CONCURRENCY)
 
     def on_view(state, layer_value, head_value):

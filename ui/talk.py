@@ -1,4 +1,5 @@
-"""Talk: one clip in; transcript, emotion chart and three systems' answers streamed out."""
+"""Talk: one clip in; transcript, emotion chart and three systems' answers streamed out,
+as the events of SEmoLlama.respond_stream."""
 from __future__ import annotations
 
 import time
@@ -8,11 +9,11 @@ from typing import Any, Iterator
 import gradio as gr
 import plotly.graph_objects as go
 
-from semollama_core.model.generation import DecodingOptions
-from semollama_core.model.pipeline import EmotionPrediction, PromptInput
+from semollama_core import (SAMPLE_RATE, AnswerEvent, DecodingOptions, EmotionEvent, EmotionPrediction,
+                            StandaloneEvent, TokenEvent, TranscriptEvent, TurnDone, TurnEvent)
 
 from .backend import Backend, markdown_text
-from .common import MODEL_CONCURRENCY, user_errors
+from .common import MODEL_CONCURRENCY, holds_model, user_errors
 
 SYSTEM_TITLES = {
     "speech_llm": "SEmoLlama (speech → frozen LLM)",
@@ -69,76 +70,47 @@ def checked_system_prompt(system_prompt: str | None) -> str | None:
 
 def talk(backend: Backend, audio: Any, max_new_tokens: Any = 64, temperature: Any = 0.0,
          system_prompt: str | None = None) -> Iterator[TalkView]:
-    """Run the three systems on one clip, yielding the view as each token arrives.
-    SEmoLlama answers first: its first token is the demo's first response."""
+    """The turn of SEmoLlama.respond_stream, as views: transcript, emotion, the standalone
+    SER, then the three systems' answers (SEmoLlama first) as each token arrives."""
     if audio is None or audio == "":
         raise ValueError("Record or upload a clip first, or pick an example.")
     options = decoding_options(max_new_tokens, temperature)
     system_prompt = checked_system_prompt(system_prompt)
-    system = backend.system
     start = time.perf_counter()
-    clip = system.load(audio)
-    features = system.features(clip, transcribe=False)
-    transcript = None
-    if system.reads_words():  # the adapter reads the words too: ASR comes first
-        began = time.perf_counter()
-        transcript = features.transcript = system.transcribe(clip)
-        asr_s = time.perf_counter() - began
+    clip = backend.system.load(audio)  # kept for Inspect, which replays this clip
     view = TalkView(run={"audio": clip, "max_new_tokens": options.max_new_tokens, "system_prompt": system_prompt})
-    speech = PromptInput("speech_llm", features)
-    first_response = None
-    for view in _stream(system, "speech_llm", speech, options, system_prompt, view):
-        first_response = first_response or time.perf_counter() - start
+    for event in backend.system.respond_stream(clip, sample_rate=SAMPLE_RATE, options=options,
+                                               system_prompt=system_prompt):
+        view = with_event(view, event, start)
         yield view
-    view = replace(view, timings_s={**view.timings_s, "first_response_s": first_response})
-    began = time.perf_counter()
-    emotion = system.predict_emotions([speech], system_prompt=system_prompt)[0]
-    view = _with_timing(replace(view, emotion=emotion), "emotion_s", began)
-    if transcript is None:
-        began = time.perf_counter()
-        transcript = system.transcribe(clip)
-        asr_s = time.perf_counter() - began
-    view = replace(view, transcript=transcript, timings_s={**view.timings_s, "asr_s": asr_s})
-    yield view
-    text_only = PromptInput("text_only", transcript=transcript)
-    for view in _stream(system, "text_only", text_only, options, system_prompt, view):
-        yield view
-    view = _with_cascade_label(system, clip, view)
-    cascade = PromptInput("cascade", transcript=transcript, emotion=view.cascade_label)
-    for view in _stream(system, "cascade", cascade, options, system_prompt, view):
-        yield view
-    yield replace(_with_timing(view, "total_s", start),
-                  run={**view.run, "transcript": transcript, "emotion": emotion.label})
 
 
-def _with_timing(view: TalkView, name: str, began: float) -> TalkView:
-    return replace(view, timings_s={**view.timings_s, name: time.perf_counter() - began})
-
-
-def _with_cascade_label(system, clip, view: TalkView) -> TalkView:
-    """The cascade's emotion comes from the standalone SER model; without one shipped,
-    from the speech LLM's own label scoring (as system.respond does), and we say so."""
-    if system.standalone_ser is None:
-        return replace(view, cascade_label=view.emotion.label)
-    began = time.perf_counter()
-    standalone = system.standalone_emotion(clip)
-    return replace(view, standalone=standalone, cascade_label=standalone.label,
-                   timings_s={**view.timings_s, "standalone_ser_s": time.perf_counter() - began})
-
-
-def _stream(system, name: str, prompt: PromptInput, options: DecodingOptions, system_prompt: str | None,
-            view: TalkView) -> Iterator[TalkView]:
-    began = time.perf_counter()
-    first = None
-    text, tokens = "", 0
-    for text in system.stream(prompt, options, system_prompt=system_prompt):
-        tokens += 1
-        first = first if first is not None else time.perf_counter() - began
-        view = view.with_response(name, text, Latency(first, None, tokens))
-        yield view
-    total = time.perf_counter() - began
-    yield replace(view.with_response(name, text, Latency(first if first is not None else total, total, tokens)),
-                  timings_s={**view.timings_s, f"{name}_s": total})
+def with_event(view: TalkView, event: TurnEvent, start: float) -> TalkView:
+    """The view after one event of the turn; `start`: when the user's turn began."""
+    timings = dict(view.timings_s)
+    if isinstance(event, TranscriptEvent):
+        return replace(view, transcript=event.text, timings_s={**timings, "asr_s": event.seconds})
+    if isinstance(event, EmotionEvent):
+        return replace(view, emotion=event.prediction, timings_s={**timings, "emotion_s": event.seconds})
+    if isinstance(event, StandaloneEvent):
+        if event.prediction is not None:
+            timings["standalone_ser_s"] = event.seconds
+        return replace(view, standalone=event.prediction, cascade_label=event.cascade_label, timings_s=timings)
+    if isinstance(event, (TokenEvent, AnswerEvent)):
+        timings.setdefault("first_response_s", time.perf_counter() - start)
+        if isinstance(event, TokenEvent):
+            first = view.latencies[event.system].first_token_s
+            latency = Latency(event.elapsed_s if first is None else first, None, event.tokens)
+        else:
+            first = event.first_token_s if event.first_token_s is not None else event.seconds
+            latency = Latency(first, event.seconds, event.tokens)
+            timings[f"{event.system}_s"] = event.seconds
+        return replace(view.with_response(event.system, event.text, latency), timings_s=timings)
+    if isinstance(event, TurnDone):
+        timings["total_s"] = time.perf_counter() - start
+        return replace(view, timings_s=timings, run={**view.run, "transcript": event.result.transcript,
+                                                     "emotion": event.result.emotion.label})
+    return view
 
 
 # ----- presentation ---------------------------------------------------------------------
@@ -235,7 +207,7 @@ def build_talk_tab(backend: Backend, demo: gr.Blocks, last_run: gr.State) -> Non
         yield (view.transcript, emotion_summary(view), emotion_chart(view), *view.responses.values(),
                *(lat.describe() for lat in view.latencies.values()), timings_json(view), view.run)
 
-    run.click(user_errors(on_run), [audio, max_new_tokens, temperature, system_prompt, last_run],
+    run.click(holds_model(backend, user_errors(on_run)), [audio, max_new_tokens, temperature, system_prompt, last_run],
               [transcript, emotion_md, chart, *boxes, *latency_mds, timings, last_run],
               api_name="talk", **MODEL_CONCURRENCY)
     def on_load():
