@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from semollama_core.config import QUANTIZATIONS
-from semollama_core.corpus.manifest import Utterance
-from semollama_core.model.generation import DecodingOptions
-from semollama_core.model.pipeline import PromptInput
+from semollama_core import QUANTIZATIONS
+from semollama_core import Utterance
+from semollama_core import DecodingOptions
+from semollama_core import PromptInput
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
                      evaluation_rows, load_metric, load_system_from_args, mean_or_none, metadata, positive_int,

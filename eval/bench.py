@@ -117,7 +117,7 @@ def median_stream(make_stream: Callable[[], object], options: BenchOptions) -> S
 def synthesise(text: str, path: Path, *, voice: str = "en-us", pitch: int = 50, speed: int = 160,
                seconds: float | None = CLIP_SECONDS) -> Path:
     """espeak-ng speech, trimmed or padded with silence to `seconds` so every run times the same length."""
-    from semollama_core.model.audio import SAMPLE_RATE, load_audio, save_wav
+    from semollama_core import SAMPLE_RATE, load_audio, save_wav
     import numpy as np
 
     if shutil.which("espeak-ng") is None:
@@ -165,54 +165,38 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- one clip, stage by stage
 
-def cascade_label(system, clip) -> str:
-    """The cascade's emotion: the standalone SER model, or (none shipped) the LLM's own SER, as respond() does."""
-    from semollama_core.model.pipeline import PromptInput
+def turn_answer(system, path: Path, system_name: str, decoding) -> str:
+    """A whole turn from audio (SEmoLlama.respond_stream) answered by one system: its answer."""
+    from semollama_core import TurnDone
 
-    if system.standalone_ser is not None:
-        return system.standalone_emotion(clip).label
-    return system.predict_emotions([PromptInput("speech_llm", system.features(clip, transcribe=False))])[0].label
-
-
-def speech_llm_turn(system, path: Path, decoding) -> str:
-    from semollama_core.model.pipeline import PromptInput
-
-    clip = system.load(str(path))
-    return system.generate([PromptInput("speech_llm", system.features(clip))], decoding)[0]
-
-
-def cascade_turn(system, path: Path, decoding) -> str:
-    from semollama_core.model.pipeline import PromptInput
-
-    clip = system.load(str(path))
-    transcript = system.transcribe(clip)
-    prompt = PromptInput("cascade", transcript=transcript, emotion=cascade_label(system, clip))
-    return system.generate([prompt], decoding)[0]
+    for event in system.respond_stream(str(path), systems=(system_name,), options=decoding):
+        if isinstance(event, TurnDone):
+            return event.result.responses[system_name]
+    raise RuntimeError("the turn ended without a result")
 
 
 def first_token_turn(system, path: Path, system_name: str, decoding) -> str | None:
     """From audio to the first answer token: what a user waits for, whatever the answer's length."""
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import TokenEvent
 
-    clip = system.load(str(path))
-    if system_name == "speech_llm":
-        prompt = PromptInput("speech_llm", system.features(clip))
-    else:
-        prompt = PromptInput("cascade", transcript=system.transcribe(clip), emotion=cascade_label(system, clip))
-    return next(iter(system.stream(prompt, decoding)), None)
+    turn = system.respond_stream(str(path), systems=(system_name,), options=decoding)
+    try:
+        return next((event.text for event in turn if isinstance(event, TokenEvent)), None)
+    finally:
+        turn.close()  # the rest of the answer is not timed
 
 
 def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]) -> tuple[dict, dict, dict]:
     """(stages_s, end_to_end_s, per-system generation) for one clip on the torch path."""
-    from semollama_core.model.generation import DecodingOptions
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import DecodingOptions
+    from semollama_core import PromptInput
 
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
     clip = system.load(str(clip_path))
     features = system.features(clip)
+    turn = system.respond(str(clip_path), max_new_tokens=options.max_new_tokens)  # the cascade's transcript and label
     prompts = {"speech_llm": PromptInput("speech_llm", features),
-               "cascade": PromptInput("cascade", transcript=system.transcribe(clip),
-                                      emotion=cascade_label(system, clip))}
+               "cascade": PromptInput("cascade", transcript=turn.transcript, emotion=turn.cascade_label)}
     stages = {"audio_load": median_seconds(lambda: system.load(str(clip_path)), options),
               "backbone": median_seconds(lambda: system.features(clip, transcribe=False), options),
               "adapter": median_seconds(lambda: system.speech_embeddings([features]), options),
@@ -227,8 +211,8 @@ def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]
         generation[name] = {**_rounded(asdict(timing)), "answer": system.generate([prompt], decoding)[0]}
         stages[f"{name}_time_to_first_token"] = timing.time_to_first_token_s
         stages[f"{name}_generate"] = median_seconds(lambda: system.generate([prompt], decoding), options)
-    end_to_end = {"speech_llm": median_seconds(lambda: speech_llm_turn(system, clip_path, decoding), options),
-                  "cascade": median_seconds(lambda: cascade_turn(system, clip_path, decoding), options)}
+    end_to_end = {name: median_seconds(lambda: turn_answer(system, clip_path, name, decoding), options)
+                  for name in ("speech_llm", "cascade")}
     stages.update({f"{name}_end_to_end": seconds for name, seconds in end_to_end.items()})
     for name in prompts:
         stages[f"{name}_first_token_from_audio"] = median_seconds(
@@ -249,7 +233,7 @@ def respond_timings(system, clip_path: Path, options: BenchOptions) -> dict:
 
 def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, dict]:
     """Utterances per second of system.predict_emotions at each batch size: from audio, and from features."""
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import PromptInput
 
     from .common import batches
 
@@ -276,8 +260,8 @@ def batch_ser(system, clips: list[Path], options: BenchOptions) -> tuple[dict, d
 
 def greedy_prompt(system) -> tuple[object, list[int]]:
     """The prompt both engines decode: as a PromptInput for SEmoLlama, as token ids for llama.cpp."""
-    from semollama_core.model import prompts
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import prompts
+    from semollama_core import PromptInput
 
     prompt = PromptInput("text_only", transcript=GREEDY_USER_TEXT)
     text = prompts.render_chat(system.tokenizer, prompts.text_turn(GREEDY_USER_TEXT), GREEDY_SYSTEM_PROMPT)
@@ -291,7 +275,7 @@ def greedy_prompt(system) -> tuple[object, list[int]]:
 
 def generation_speed(system, options: BenchOptions) -> dict:
     """The greedy prompt streamed by the system's own decoder (system.decoder)."""
-    from semollama_core.model.generation import DecodingOptions
+    from semollama_core import DecodingOptions
 
     prompt, ids = greedy_prompt(system)
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
@@ -313,8 +297,8 @@ def agreement_clips(count: int, manifest: Path, fallback: list[Path]) -> tuple[l
     shipped example clips, else the synthesised ones."""
     import numpy as np
 
-    from semollama_core.config import ASSETS
-    from semollama_core.corpus.manifest import iter_manifest
+    from semollama_core import ASSETS
+    from semollama_core import iter_manifest
 
     if manifest.is_file():
         by_emotion: dict[str, list] = {}
@@ -335,8 +319,8 @@ def agreement_clips(count: int, manifest: Path, fallback: list[Path]) -> tuple[l
 
 def torch_answers(systems: dict, features: list, options: BenchOptions) -> tuple[dict, dict]:
     """Greedy speech_llm answers and SER labels of each torch system on the agreement clips."""
-    from semollama_core.model.generation import DecodingOptions
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import DecodingOptions
+    from semollama_core import PromptInput
 
     from .common import batches
 
@@ -359,8 +343,7 @@ def llama_cpp_report(system, clip_path: Path, clips: list[AgreementClip], featur
                      torch_text_answers: dict[str, str], threads: int, options: BenchOptions) -> dict:
     """llama.cpp on the same GGUF and threads: the greedy text prompt, speech_llm from spliced
     embeddings, and agreement with the torch decoder."""
-    from semollama_core.model.llama_cpp_decode import (LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable,
-        llama_cpp_module)
+    from semollama_core import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
 
     try:
         version = getattr(llama_cpp_module(), "__version__", None)
@@ -401,7 +384,7 @@ def _median_runs(run: Callable[[], object], options: BenchOptions) -> dict:
 
 
 def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
-    from semollama_core.model.pipeline import PromptInput
+    from semollama_core import PromptInput
 
     system = peer.system
     features = system.features(system.load(str(clip_path)))
@@ -420,7 +403,7 @@ def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
 def _agreement(peer, clips: list[AgreementClip], features: list, torch_answers: dict[str, list[str]],
                torch_labels: dict[str, list[str]], options: BenchOptions) -> dict:
     """How often llama.cpp's greedy speech_llm answer, and its SER label, equal the torch ones, clip by clip."""
-    from semollama_core.model.pipeline import PromptInput, unpadded_rows
+    from semollama_core import PromptInput, unpadded_rows
 
     system = peer.system
     ours = [peer.generate(PromptInput("speech_llm", f), options.max_new_tokens) for f in features]
@@ -464,8 +447,8 @@ def common_prefix_share(a: str, b: str) -> float:
 def run_bench(options: BenchOptions) -> dict:
     import torch
 
-    from semollama_core.config import SEmoConfig
-    from semollama_core.model.pipeline import SEmoLlama, load_system
+    from semollama_core import SEmoConfig
+    from semollama_core import SEmoLlama, load_system
 
     notes: list[str] = []
     threads = options.threads or torch.get_num_threads()

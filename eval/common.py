@@ -9,13 +9,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from semollama_core.corpus.manifest import Utterance, iter_manifest
+from semollama_core import Utterance, atomic_write, atomic_write_text, iter_manifest
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 AUTO_SPLIT = "auto"
@@ -102,14 +101,14 @@ def progress_bar(total: int, desc: str, progress=None):
 
 def load_system_from_args(quantization: str | None):
     """The system from SEMOLLAMA_* settings, with the command line's quantization if given."""
-    from semollama_core.config import SEmoConfig
-    from semollama_core.model.pipeline import load_system
+    from semollama_core import SEmoConfig
+    from semollama_core import load_system
 
     return load_system(SEmoConfig.from_env(quantization=quantization))
 
 
 def config_labels(quantization: str | None = None) -> tuple[str, ...]:
-    from semollama_core.config import SEmoConfig
+    from semollama_core import SEmoConfig
 
     return SEmoConfig.from_env(quantization=quantization).labels
 
@@ -118,7 +117,7 @@ def standalone_model(system, all_rows: list[Utterance], labels: Sequence[str], n
     """The shipped standalone SER model, else one fitted now on the manifest's train split, else None."""
     if system.standalone_ser is not None:
         return system.standalone_ser
-    from semollama_core.baselines.standalone_ser import StandaloneSER
+    from semollama_core import StandaloneSER
 
     train = [u for u in all_rows if u.split == "train" and u.emotion in labels]
     if len({u.emotion for u in train}) < 2:
@@ -130,61 +129,25 @@ def standalone_model(system, all_rows: list[Utterance], labels: Sequence[str], n
     return model
 
 
-def response_nll(system, prompt_inputs: list, responses: list[str]) -> list[float]:
-    """Teacher-forced NLL per response token of each response after its prompt.
-
-    One forward pass over [left-padded prompt | response tokens, right-padded]; the
-    response is the text's tokens (no end-of-turn token), as the system would continue
-    its assistant turn.
-    """
-    import torch
-    from semollama_core.model.generation import positions
-
+def response_nll(system, prompt_inputs: list, responses: list[str], *, speech: list | None = None) -> list[float]:
+    """SEmoLlama.response_nll, with an EvalError for mismatched lists: the teacher-forced NLL
+    per response token of each response after its prompt (see semollama_core/model/scoring.py)."""
     if len(prompt_inputs) != len(responses):
         raise EvalError(f"{len(prompt_inputs)} prompts but {len(responses)} responses.")
-    ids = [system.tokenizer(r, add_special_tokens=False)["input_ids"] or [system.stop_ids[0]] for r in responses]
-    prompt = system.encode_prompts(prompt_inputs)
-    device = prompt.inputs_embeds.device
-    longest = max(len(row) for row in ids)
-    targets = torch.zeros(len(ids), longest, dtype=torch.long, device=device)
-    target_mask = torch.zeros(len(ids), longest, dtype=torch.long, device=device)
-    for i, row in enumerate(ids):
-        targets[i, : len(row)] = torch.tensor(row, device=device)
-        target_mask[i, : len(row)] = 1
-    with torch.inference_mode():
-        embeds = torch.cat([prompt.inputs_embeds, system.llm.embed_tokens(targets).to(prompt.inputs_embeds.dtype)], 1)
-        mask = torch.cat([prompt.attention_mask, target_mask], 1)
-        # Only the positions that predict response tokens need the LM head.
-        logits = system.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                                  logits_to_keep=longest + 1).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-        nll = -(logp * target_mask).sum(1) / target_mask.sum(1)
-    return [float(x) for x in nll.cpu()]
+    return system.response_nll(prompt_inputs, responses, speech=speech)
 
 
 # ----------------------------------------------------------------------------- files
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     path = Path(path)
-    _atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     path = Path(path)
-    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 
@@ -229,7 +192,7 @@ def save_figure(fig, stem: str | os.PathLike) -> dict:
     """Write STEM.html and STEM.png; a PNG that cannot be made is reported, never fatal."""
     stem = Path(stem)
     html = stem.with_name(stem.name + ".html")
-    _atomic_write_text(html, fig.to_html(include_plotlyjs="cdn", full_html=True))
+    atomic_write_text(html, fig.to_html(include_plotlyjs="cdn", full_html=True))
     out = {"html": str(html), "png": None}
     import logging
 
@@ -238,13 +201,11 @@ def save_figure(fig, stem: str | os.PathLike) -> dict:
     if Path("/usr/bin/chromium").is_file():  # kaleido's browser finder looks here
         os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
     png = stem.with_name(stem.name + ".png")
-    tmp = png.with_name(f".{png.stem}.tmp.png")
     try:
-        fig.write_image(str(tmp), width=fig.layout.width or 900, height=fig.layout.height or 600)
-        os.replace(tmp, png)
+        atomic_write(png, lambda tmp: fig.write_image(str(tmp), width=fig.layout.width or 900,
+                                                      height=fig.layout.height or 600))
         out["png"] = str(png)
     except Exception as e:  # kaleido/Chromium problems must not lose the results
-        tmp.unlink(missing_ok=True)
         out["png_error"] = " ".join(str(e).split())[:300] or type(e).__name__
     return out
 
@@ -267,7 +228,7 @@ def metadata(manifest: str | os.PathLike | None, system=None, **extra) -> dict:
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """Run a command; any bad input ends with one `error:` line on stderr and exit status 1."""
-    from semollama_core.__main__ import quiet_libraries
+    from semollama_core import quiet_libraries
 
     quiet_libraries()
     try:

@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from semollama_core.model import prompts
-from semollama_core.config import EMBEDDED_LLM
-from semollama_core.model.embeds import splice_speech
-from semollama_core.model.generation import label_log_likelihoods
+from semollama_core import prompts
+from semollama_core import EMBEDDED_LLM
+from semollama_core import splice_speech
+from semollama_core import label_log_likelihoods
 
 from .common import batches
 
@@ -101,6 +101,6 @@ def load_judge(system) -> Judge:
     if not name or name == EMBEDDED_LLM or name == system.config.llm:
         label = EMBEDDED_LABEL if system.config.is_embedded else f"judge: {system.config.llm} (the system's own LLM)"
         return Judge(system.llm, label)
-    from semollama_core.model.llm import load_llm
+    from semollama_core import load_llm
 
     return Judge(load_llm(system.config.replace(llm=name)), f"judge: {name}")

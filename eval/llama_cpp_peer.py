@@ -2,8 +2,7 @@
 run by llama.cpp. The code lives in the library (`semollama_core.model.llama_cpp_decode`, the
 default decoder where llama-cpp-python is installed); these names stay for eval's callers.
 """
-from semollama_core.model.llama_cpp_decode import (GreedyRun, LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable,
-    embedded_gguf_path, llama_cpp_module)
+from semollama_core import GreedyRun, LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, embedded_gguf_path, llama_cpp_module
 
 __all__ = ["GreedyRun", "LlamaCppModel", "LlamaCppSpeechLLM", "LlamaCppUnavailable", "embedded_gguf_path",
            "llama_cpp_module"]

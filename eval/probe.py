@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from semollama_core.config import QUANTIZATIONS
-from semollama_core.corpus.manifest import Utterance
+from semollama_core import QUANTIZATIONS
+from semollama_core import Utterance
 
 from .common import (rescore_or_evaluate, EvalError, argument_parser, batches, config_labels, label_set,
                      load_system_from_args, metadata, positive_int, predictions_path, progress_bar, read_rows,

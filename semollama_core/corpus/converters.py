@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..files import atomic_write
 from .manifest import ManifestError, ManifestWarning, write_manifest
 
 __all__ = ["ravdess_manifest", "cremad_manifest", "iemocap_manifest", "hf_dataset_manifest"]
@@ -353,10 +354,7 @@ def _write_clip(path: Path, audio: Any, index: int) -> Path:
     samples, rate = _clip_samples(audio, index)
     if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
         samples = samples.T  # datasets stores (channels, samples); soundfile wants (samples, channels)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(tmp, samples, rate, format="WAV", subtype="PCM_16")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: sf.write(tmp, samples, rate, format="WAV", subtype="PCM_16"))
 
 
 def _clip_samples(audio: Any, index: int) -> tuple[Any, int]:

@@ -16,12 +16,13 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import warnings
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from ..files import atomic_write
 
 __all__ = [
     "Utterance",
@@ -482,17 +483,14 @@ def _csv_cell(value: Any) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[io.TextIOBase], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    """write(f) on a text file that replaces `path` whole, or not at all."""
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, to_file)
 
 
 def _short(value: Any, limit: int = 80) -> str:

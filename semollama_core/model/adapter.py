@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..files import atomic_write, atomic_write_text
 from .prosody import PROSODY_DIM
 
 UTTERANCE_DIM = 88  # openSMILE eGeMAPS v02 functionals of the whole clip
@@ -231,15 +231,8 @@ def save_adapter(adapter: SpeechAdapter, folder: str | os.PathLike, dtype=torch.
     # the head's input standardisation stays fp32 (eGeMAPS features span several magnitudes)
     tensors = {k: v.detach().to("cpu", torch.float32 if k.startswith("head_") else dtype).contiguous()
                for k, v in adapter.state_dict().items()}
-    for name, payload in ((WEIGHTS_FILE, None), (CONFIG_FILE, adapter.config.to_json())):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        os.close(fd)
-        if payload is None:
-            save_file(tensors, tmp, metadata={"format": "pt", **(extra or {})})
-        else:
-            Path(tmp).write_text(payload)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shipped and shared
-        os.replace(tmp, folder / name)
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", **(extra or {})}))
+    atomic_write_text(folder / CONFIG_FILE, adapter.config.to_json())
     return folder
 
 

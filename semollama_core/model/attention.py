@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import prompts
 from .embeds import SEGMENT_GENERATED, SEGMENT_INSTRUCTION, SEGMENT_SPEECH, SEGMENT_SYSTEM
 from .generation import DecodingOptions, generate_ids
+from .types import PromptInput
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,6 @@ class AttentionCapture:
 
 def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None = None,
                       system_prompt: str | None = None, features=None) -> AttentionCapture:
-    from .pipeline import PromptInput
-
     options = options or DecodingOptions(max_new_tokens=system.config.max_new_tokens)
     features = features if features is not None else system.features(audio)
     prompt = PromptInput("speech_llm", features)
@@ -57,7 +57,7 @@ def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None
     keys = slice(0, prompt_len + len(generated) - 1)
     attn = np.stack([w[0, :, rows, keys].float().cpu().numpy() for w in weights])  # [L, H, G, P]
     start, end = batch.speech_spans[0]
-    adapter_prompt = system.adapter.config.lexical_prompt if system._heard(prompt) is not None else 0
+    adapter_prompt = system.adapter.config.lexical_prompt if system.heard_words(prompt) is not None else 0
     segments, tokens = _label_positions(system, prompt, (start, end - adapter_prompt), generated,
                                         system.resolve_system_prompt(system_prompt), adapter_prompt)
     gen_tokens = [system.tokenizer.decode([t]) for t in generated]
@@ -79,15 +79,13 @@ def _eager_attentions(model, embeds: torch.Tensor):
 def _label_positions(system, prompt, span, generated, system_prompt, adapter_prompt: int = 0):
     """Segment and token label of every input position. The lexical prompt's learnt tokens
     (after the speech tokens, before the words) count as instruction, not speech."""
-    from . import prompts
-
-    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task, prompt.instruction, system._heard(prompt)),
+    parts = prompts.split_speech_chat(system.tokenizer, prompts.speech_turn(prompt.task, prompt.instruction, system.heard_words(prompt)),
                                         system_prompt)
-    prefix_ids = system._ids(parts.prefix)
-    suffix_ids = system._ids(parts.suffix)
+    prefix_ids = system.token_ids(parts.prefix)
+    suffix_ids = system.token_ids(parts.suffix)
     # The system turn ends where the user turn's header starts.
     system_turn = parts.prefix[: parts.prefix.rfind("user")].rsplit("<|", 1)[0] if "<|" in parts.prefix else ""
-    system_end = min(len(system._ids(system_turn)), len(prefix_ids))
+    system_end = min(len(system.token_ids(system_turn)), len(prefix_ids))
     start, end = span
     segments = ([SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (len(prefix_ids) - system_end)
                 + [SEGMENT_SPEECH] * (end - start) + [SEGMENT_INSTRUCTION] * (adapter_prompt + len(suffix_ids))

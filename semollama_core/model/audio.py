@@ -168,3 +168,30 @@ def save_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = SAMPLE_RATE
     import soundfile as sf
 
     sf.write(str(path), np.asarray(audio, dtype=np.float32), rate, subtype="PCM_16")
+
+
+# ----- levels and noise: the one definition of SNR, shared by the corpus and the robustness eval
+def frame_levels_db(samples: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Level of every 20 ms frame (10 ms hop), in dB."""
+    size, hop = int(0.02 * rate), int(0.01 * rate)
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) < size:
+        x = np.pad(x, (0, size - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, size)[::hop]
+    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+
+
+def speech_level_db(samples: np.ndarray, rate: int = SAMPLE_RATE, floor_db: float = 35.0) -> float:
+    """Level of the active speech: the frames within floor_db of the loudest, so pauses and
+    the clip's length do not change it."""
+    db = frame_levels_db(samples, rate)
+    loud = db[db > db.max() - floor_db]
+    return float(10 * np.log10(np.mean(10 ** (loud / 10))))
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """speech + noise scaled so that the active speech's power over the noise's mean power is
+    snr_db (the usual definition: silence in the clip does not lower the SNR)."""
+    speech_power = 10 ** (speech_level_db(speech, rate) / 10)
+    noise_power = float(np.mean(np.asarray(noise, dtype=np.float64) ** 2)) or 1e-20
+    return speech + noise * np.float32(np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10)))

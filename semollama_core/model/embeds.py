@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SEGMENT_SYSTEM, SEGMENT_SPEECH, SEGMENT_INSTRUCTION, SEGMENT_GENERATED = "system", "speech", "instruction", "generated"
@@ -44,3 +45,9 @@ def segment_labels(prefix_len: int, speech_len: int, suffix_len: int, generated_
     labels = [SEGMENT_SYSTEM] * system_end + [SEGMENT_INSTRUCTION] * (prefix_len - system_end)
     labels += [SEGMENT_SPEECH] * speech_len + [SEGMENT_INSTRUCTION] * suffix_len
     return labels + [SEGMENT_GENERATED] * generated_len
+
+
+def unpadded_rows(batch: SplicedBatch) -> list[np.ndarray]:
+    """Each row's spliced embeddings without its left padding, float32 on the CPU."""
+    return [row[mask.bool()].detach().float().cpu().numpy()
+            for row, mask in zip(batch.inputs_embeds, batch.attention_mask)]

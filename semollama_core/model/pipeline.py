@@ -1,14 +1,13 @@
-"""The whole system, built once from one configuration: the five compared systems, label
-scoring, streaming and attention capture over one frozen LLM."""
+"""The whole system, built once from one configuration: the compared systems, label
+scoring, streaming, one turn (turn.py), response NLL (scoring.py) and attention capture
+(attention.py) over one frozen LLM."""
 from __future__ import annotations
 
 import functools
 import itertools
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,65 +16,18 @@ from . import prompts
 from .audio import AudioInput, load_audio
 from .backbone import Transcriber, WhisperBackbone
 from ..config import ConfigError, SEmoConfig
-from .embeds import SplicedBatch, splice_speech
-from .encoder import SpeechFeatures, build_adapter, extract_features, speech_embeddings
+from .embeds import SplicedBatch, splice_speech, unpadded_rows
+from .encoder import (SpeechFeatures, build_adapter, collate_features, collate_utterance, extract_features,
+                      speech_embeddings)
 from .generation import DecodingOptions, decode, label_log_likelihoods, stop_token_ids
+from .attention import AttentionCapture, capture_attention
 from .llama_cpp_decode import LlamaCppModel, choose_decoder, context_size, load_for, token_picker
 from .llm import FrozenLLM, load_llm
+from .scoring import response_nll
+from .turn import DEFAULT_TURN_SYSTEMS, run_turn
+from .types import SPEECH_SYSTEMS, EmotionPrediction, PromptInput, RespondResult, TurnDone, TurnEvent
 
-SPEECH_SYSTEMS = ("speech_llm", "neutral_aligned")
-TEXT_SYSTEMS = ("text_only", "cascade", "oracle")
-SYSTEMS = SPEECH_SYSTEMS + TEXT_SYSTEMS
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmotionPrediction:
-    label: str
-    probs: dict[str, float]
-    log_likelihoods: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RespondResult:
-    transcript: str
-    emotion: EmotionPrediction
-    responses: dict[str, str]
-    timings_s: dict[str, float]
-    options: DecodingOptions
-
-    def to_json_dict(self) -> dict:
-        return {"transcript": self.transcript,
-                "emotion": {"label": self.emotion.label, "probs": self.emotion.probs},
-                "responses": self.responses,
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
-
-
-@dataclass(frozen=True)
-class PromptInput:
-    """What one system reads: speech features, or text (transcript with an optional emotion)."""
-    system: str
-    features: SpeechFeatures | None = None
-    transcript: str | None = None
-    emotion: str | None = None
-    task: str = "respond"
-    instruction: str | None = None
-
-
-class Timer:
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, stage: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.timings[stage] = timer.timings.get(stage, 0.0) + time.perf_counter() - self.start
-        return _Stage()
 
 
 class SEmoLlama:
@@ -130,9 +82,7 @@ class SEmoLlama:
         location = self.config.neutral_adapter
         if not location or not Path(location).exists():
             return None
-        return build_adapter(location, llm_name=self.config.llm, llm_dim=self.llm.hidden_size,
-                             embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
-                             backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)
+        return self._adapter(location)
 
     @functools.cached_property
     def transcriber(self) -> Transcriber:
@@ -164,11 +114,14 @@ class SEmoLlama:
         return load_audio(audio, max_duration_s=self.config.max_audio_s, sample_rate=sample_rate)
 
     def adapter_for(self, system: str):
-        """The adapter of a speech system (neutral_aligned's may be None: not shipped)."""
-        return self.adapter if system == "speech_llm" else self.neutral_adapter
+        """The adapter of a speech system (neutral_aligned's may be None: not shipped).
+        speech_only reads the shipped adapter's speech tokens without its words."""
+        return self.neutral_adapter if system == "neutral_aligned" else self.adapter
 
     def reads_words(self, system: str = "speech_llm") -> bool:
         """Whether this speech system's adapter also reads the ASR hypothesis (lexical="asr")."""
+        if system == "speech_only":
+            return False
         adapter = self.adapter_for(system)
         return adapter is not None and getattr(adapter.config, "lexical", "") == "asr"
 
@@ -219,7 +172,7 @@ class SEmoLlama:
                     speech[i] = emb
         for i, p in enumerate(inputs):
             if p.system in SPEECH_SYSTEMS:
-                heard = self._heard(p)
+                heard = self.heard_words(p)
                 user = prompts.speech_turn(p.task, p.instruction, heard)
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
                 speech_rows.append(speech[i] if heard is None
@@ -228,11 +181,11 @@ class SEmoLlama:
                 user = self._text_user_turn(p)
                 parts = prompts.ChatParts(prompts.render_chat(self.tokenizer, user, system_prompt, assistant_start), "")
                 speech_rows.append(torch.zeros(0, self.llm.hidden_size))
-            prefixes.append(self._ids(parts.prefix))
-            suffixes.append(self._ids(parts.suffix))
+            prefixes.append(self.token_ids(parts.prefix))
+            suffixes.append(self.token_ids(parts.suffix))
         return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens)
 
-    def _heard(self, p: PromptInput) -> str | None:
+    def heard_words(self, p: PromptInput) -> str | None:
         """The ASR hypothesis a lexical adapter reads after the speech tokens (never for SER)."""
         if p.task not in prompts.LEXICAL_TASKS or not self.reads_words(p.system):
             return None
@@ -254,14 +207,18 @@ class SEmoLlama:
         instruction = p.instruction if p.instruction is not None else prompts.TASK_INSTRUCTIONS[p.task]
         return turn + (f"\n{instruction}" if instruction else "")
 
-    def _ids(self, text: str) -> list[int]:
+    def token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # ----- generation -------------------------------------------------------------------
     def generate(self, inputs: list[PromptInput], options: DecodingOptions | None = None,
-                 system_prompt: str | None = None, assistant_start: str = "") -> list[str]:
+                 system_prompt: str | None = None, assistant_start: str = "",
+                 speech: list[torch.Tensor] | None = None) -> list[str]:
+        """Greedy (or sampled) answers; `speech` replaces the adapter's speech embeddings of the
+        speech inputs (ablations: e.g. the frame tokens without the emotion token)."""
         options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
-        batch = self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=assistant_start)
+        batch = self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=assistant_start,
+                                    speech=speech)
         ids = [self._answer_ids(tokens) for tokens in self._token_streams(batch, options)]
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
@@ -295,27 +252,44 @@ class SEmoLlama:
 
     # ----- emotion ----------------------------------------------------------------------
     def label_token_ids(self, labels: tuple[str, ...]) -> list[list[int]]:
-        return [self._ids(" " + label) for label in labels]
+        return [self.token_ids(" " + label) for label in labels]
 
-    def encode_ser_prompts(self, inputs: list[PromptInput], system_prompt: str | None = None) -> SplicedBatch:
+    def encode_ser_prompts(self, inputs: list[PromptInput], system_prompt: str | None = None,
+                           speech: list[torch.Tensor] | None = None) -> SplicedBatch:
         """The SER question for each input, ending in the answer's start, "You sound"."""
         inputs = [PromptInput(p.system, p.features, p.transcript, p.emotion, task="ser") for p in inputs]
-        return self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=prompts.SER_ANSWER_PREFIX)
+        return self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=prompts.SER_ANSWER_PREFIX,
+                                   speech=speech)
 
     def predict_emotions(self, inputs: list[PromptInput], labels: tuple[str, ...] | None = None,
-                         system_prompt: str | None = None) -> list[EmotionPrediction]:
+                         system_prompt: str | None = None,
+                         speech: list[torch.Tensor] | None = None) -> list[EmotionPrediction]:
         """Score every label by the log-likelihood of "You sound <label>" after the SER question.
 
         Always on torch, whatever the decoder: one batched prompt pass here is 2-3x faster than
         llama.cpp reading one prompt per row (llama.cpp gains in decoding, not in reading prompts
         on this CPU); eval.bench measures how often the two agree."""
         labels = tuple(labels or self.config.labels)
-        batch = self.encode_ser_prompts(inputs, system_prompt)
+        batch = self.encode_ser_prompts(inputs, system_prompt, speech)
         scores = label_log_likelihoods(self.llm.model, batch.inputs_embeds, batch.attention_mask,
                                        self.label_token_ids(labels)).cpu()
         probs = torch.softmax(scores, dim=-1)
         return [EmotionPrediction(labels[int(p.argmax())], {l: float(v) for l, v in zip(labels, p)},
                                   {l: float(v) for l, v in zip(labels, s)}) for p, s in zip(probs, scores)]
+
+    def emotion_head(self, features: list[SpeechFeatures]) -> list[dict[str, float]]:
+        """The adapter's supervised emotion head alone (no LLM): its softmax over the adapter's
+        labels, one clip at a time (so no clip's padding reaches another)."""
+        adapter = self.adapter
+        if not adapter.config.labels:
+            raise ValueError("emotion_head: the adapter has no emotion head labels (a fresh adapter).")
+        out = []
+        with torch.inference_mode():
+            for f in features:
+                states, prosody, lengths = collate_features([f], self.device)
+                logits = adapter.encode_all(states, prosody, lengths, collate_utterance([f], self.device))[2]
+                out.append(dict(zip(adapter.config.labels, torch.softmax(logits[0].float(), -1).cpu().tolist())))
+        return out
 
     def standalone_emotion(self, audio: np.ndarray, features: SpeechFeatures | None = None) -> EmotionPrediction:
         """The cascade's SER; reuses the eGeMAPS functionals of `features` when given."""
@@ -330,59 +304,41 @@ class SEmoLlama:
         return EmotionPrediction(model.labels[int(np.argmax(p))], {l: float(v) for l, v in zip(model.labels, p)})
 
     # ----- the whole turn ---------------------------------------------------------------
+    def respond_stream(self, audio: AudioInput, *, transcript: str | None = None,
+                       systems: Sequence[str] = DEFAULT_TURN_SYSTEMS, options: DecodingOptions | None = None,
+                       system_prompt: str | None = None, sample_rate: int | None = None) -> Iterator[TurnEvent]:
+        """One turn, the only place one is walked (see turn.py): transcript, emotion,
+        standalone SER, then each system's answer token by token, and TurnDone last."""
+        options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
+        return run_turn(self, audio, transcript=transcript, systems=tuple(systems), options=options,
+                        system_prompt=system_prompt, sample_rate=sample_rate)
+
     def respond(self, audio: AudioInput, transcript: str | None = None, *, sample_rate: int | None = None,
-                max_new_tokens: int | None = None, temperature: float = 0.0,
-                system_prompt: str | None = None) -> RespondResult:
-        """Everything the demo shows for one clip: transcript, emotion, three answers, timings."""
+                max_new_tokens: int | None = None, temperature: float = 0.0, system_prompt: str | None = None,
+                systems: Sequence[str] = DEFAULT_TURN_SYSTEMS) -> RespondResult:
+        """Everything the demo shows for one clip: transcript, emotion, the answers, timings."""
         options = DecodingOptions(max_new_tokens=max_new_tokens or self.config.max_new_tokens,
                                   temperature=temperature)
-        timer = Timer()
-        with timer("audio_load"):
-            clip = self.load(audio, sample_rate)
-        with timer("backbone"):
-            features = self.features(clip, transcribe=False)
-        heard = None
-        if transcript is None or self.reads_words():
-            with timer("asr"):
-                heard = self.transcribe(clip)
-            features.transcript = heard  # what a lexical adapter reads: always the clip's own words
-        speech_input = PromptInput("speech_llm", features)
-        with timer("emotion"):
-            emotion = self.predict_emotions([speech_input], system_prompt=system_prompt)[0]
-        with timer("speech_llm"):
-            speech_answer = self.generate([speech_input], options, system_prompt)[0]
-        if transcript is None:
-            transcript = heard
-        transcript = prompts.sanitize_user_text(transcript)
-        with timer("standalone_ser"):
-            cascade_label = self.standalone_emotion(clip, features).label if self.standalone_ser else emotion.label
-        with timer("text_only"):
-            text_answer = self.generate([PromptInput("text_only", transcript=transcript)], options, system_prompt)[0]
-        with timer("cascade"):
-            cascade_answer = self.generate([PromptInput("cascade", transcript=transcript, emotion=cascade_label)],
-                                           options, system_prompt)[0]
-        return RespondResult(transcript, emotion, {"speech_llm": speech_answer, "text_only": text_answer,
-                                                   "cascade": cascade_answer}, timer.timings, options)
+        for event in self.respond_stream(audio, transcript=transcript, systems=systems, options=options,
+                                         system_prompt=system_prompt, sample_rate=sample_rate):
+            if isinstance(event, TurnDone):
+                return event.result
+        raise RuntimeError("the turn ended without a result")
 
+    # ----- scoring and inspection --------------------------------------------------------
+    def response_nll(self, inputs: list[PromptInput], responses: list[str], *,
+                     speech: list[torch.Tensor] | None = None) -> list[float]:
+        """Teacher-forced NLL per response token of each response after its prompt (see scoring.py)."""
+        return response_nll(self, inputs, responses, speech=speech)
 
-def unpadded_rows(batch: SplicedBatch) -> list[np.ndarray]:
-    """Each row's spliced embeddings without its left padding, float32 on the CPU."""
-    return [row[mask.bool()].detach().float().cpu().numpy()
-            for row, mask in zip(batch.inputs_embeds, batch.attention_mask)]
+    def capture_attention(self, audio: AudioInput, *, max_new_tokens: int | None = None,
+                          system_prompt: str | None = None, sample_rate: int | None = None) -> AttentionCapture:
+        """Attention of the frozen LLM for one speech_llm generation (see attention.py)."""
+        clip = self.load(audio, sample_rate)
+        options = DecodingOptions(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
+        return capture_attention(self, clip, options, system_prompt)
 
 
 def load_system(config: SEmoConfig | None = None) -> SEmoLlama:
     return SEmoLlama(config or SEmoConfig.from_env())
 
-
-def _capture_attention(self, audio: AudioInput, *, max_new_tokens: int | None = None,
-                       system_prompt: str | None = None, sample_rate: int | None = None):
-    """Attention of the frozen LLM for one speech_llm generation (see attention.py)."""
-    from .attention import capture_attention
-
-    clip = self.load(audio, sample_rate)
-    options = DecodingOptions(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
-    return capture_attention(self, clip, options, system_prompt)
-
-
-SEmoLlama.capture_attention = _capture_attention

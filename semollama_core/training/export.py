@@ -56,7 +56,7 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         "options": options, "hardware": machine_description(),
         "parameters": sum(p.numel() for p in adapter.parameters()),
         "metrics": metrics or {},
-        # the emotion head is fitted before alignment (train.fit_emotion_head)
+        # the emotion head is fitted before alignment (training/head.py: fit_emotion_head)
         "emotion_head": json.loads((run / "emotion_head.json").read_text()) if (run / "emotion_head.json").exists() else {},
     }
     init_run = Path(options["init"]).parent if options.get("init") else None

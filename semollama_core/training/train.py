@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..metrics import unweighted_accuracy
 from ..model import prompts
 from ..model.adapter import SpeechAdapter, save_adapter
-from ..model.encoder import SpeechFeatures, collate_features, collate_utterance
+from ..model.encoder import SpeechFeatures
+from .alignment import AlignmentBatcher, alignment_loss
+from .head import auxiliary_emotion_loss, fit_emotion_head
 from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
     prosody_phrase, specs_for)
 
-IGNORE = -100
 LEXICAL_PROMPT_INIT = " [That is how I said it. My words:]"
 
 
@@ -197,188 +199,6 @@ def needed_specs(clips: list, tasks: tuple[str, ...], caption_every: int = 3):
     return specs
 
 
-# ----- the loss --------------------------------------------------------------------------
-class AlignmentBatcher:
-    """Turns examples into [prefix | speech | suffix | target] rows with labels on the target."""
-
-    def __init__(self, system, max_target_tokens: int):
-        self.system = system
-        self.tokenizer = system.tokenizer
-        self.end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if not isinstance(self.end_id, int) or self.end_id == self.tokenizer.unk_token_id:
-            self.end_id = self.tokenizer.eos_token_id
-        self.max_target_tokens = max_target_tokens
-        self._parts: dict[tuple, tuple[list[int], list[int]]] = {}
-
-    def parts(self, task: str, heard: str | None = None) -> tuple[list[int], list[int]]:
-        if (task, heard) not in self._parts:
-            speech_task = "respond" if task == "respond_neutral" else task
-            chat = prompts.split_speech_chat(self.tokenizer, prompts.speech_turn(speech_task, heard=heard),
-                                             self.system.config.system_prompt)
-            self._parts[task, heard] = (self.system._ids(chat.prefix), self.system._ids(chat.suffix))
-        return self._parts[task, heard]
-
-    def target_ids(self, text: str) -> list[int]:
-        return self.system._ids(text)[: self.max_target_tokens] + [self.end_id]
-
-    def rows(self, examples: list[Example], speech: list[torch.Tensor]):
-        embed = self.system.llm.embed_tokens
-        device = embed.weight.device
-        rows, label_rows = [], []
-        for ex, sp in zip(examples, speech):
-            prefix, suffix = self.parts(ex.task, ex.heard)
-            target = self.target_ids(ex.target)
-            with torch.no_grad():
-                text = embed(torch.tensor(prefix + suffix + target, device=device))
-            sp = sp.to(text.dtype)
-            row = torch.cat([text[: len(prefix)], sp, text[len(prefix):]])
-            labels = [IGNORE] * (len(prefix) + sp.shape[0] + len(suffix)) + target
-            rows.append(row)
-            label_rows.append(labels)
-        return _right_pad(rows, label_rows, device)
-
-
-def _right_pad(rows, label_rows, device):
-    longest = max(r.shape[0] for r in rows)
-    embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[1])
-    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
-    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=device)
-    for i, (row, lab) in enumerate(zip(rows, label_rows)):
-        embeds[i, : row.shape[0]] = row
-        mask[i, : row.shape[0]] = 1
-        labels[i, : len(lab)] = torch.tensor(lab, device=device)
-    return embeds, mask, labels
-
-
-def response_logits(model, embeds, mask, labels):
-    """Logits only at positions that predict a label (the LM head skips the prompt)."""
-    hidden = model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    shifted = labels[:, 1:]
-    where = shifted != IGNORE
-    logits = model.lm_head(hidden[:, :-1][where]).float()
-    return logits, shifted[where]
-
-
-def teacher_logits(system, batcher, examples: list[Example]) -> torch.Tensor:
-    """The frozen LLM on the emotion-conditioned text prompt, at the same target tokens."""
-    from ..model.embeds import splice_speech
-
-    prefixes, suffixes, empties, label_rows = [], [], [], []
-    for ex in examples:
-        text = prompts.render_chat(system.tokenizer, _teacher_turn(ex), system.config.system_prompt)
-        ids = system._ids(text)
-        target = batcher.target_ids(ex.target)
-        prefixes.append(ids + target)
-        suffixes.append([])
-        empties.append(torch.zeros(0, system.llm.hidden_size))
-        label_rows.append([IGNORE] * len(ids) + target)
-    with torch.no_grad():
-        batch = splice_speech(prefixes, empties, suffixes, system.llm.embed_tokens)
-        labels = torch.full(batch.attention_mask.shape, IGNORE, dtype=torch.long, device=batch.attention_mask.device)
-        for i, lab in enumerate(label_rows):
-            labels[i, labels.shape[1] - len(lab):] = torch.tensor(lab)
-        logits, _ = response_logits(system.llm.model, batch.inputs_embeds, batch.attention_mask, labels)
-    return logits
-
-
-def _teacher_turn(ex: Example) -> str:
-    if ex.task == "ser":
-        return prompts.ser_text_turn(ex.transcript, ex.emotion)
-    if ex.task == "asr":
-        return f"{prompts.text_turn(ex.transcript, ex.emotion)}\n{prompts.TASK_INSTRUCTIONS['asr']}"
-    return prompts.text_turn(ex.transcript, None if ex.task == "respond_neutral" else ex.emotion)
-
-
-def auxiliary_emotion_loss(adapter, features: list, emotions: list[str], device) -> torch.Tensor:
-    """Emotion CE of the adapter's classifier alone: many clips a step at the adapter's cost."""
-    labels = list(adapter.config.labels)
-    states, prosody, lengths = collate_features(features, device)
-    _, _, logits = adapter.encode_all(states, prosody, lengths, collate_utterance(features, device))
-    target = torch.tensor([labels.index(e) for e in emotions], device=logits.device)
-    return torch.nn.functional.cross_entropy(logits.float(), target)
-
-
-def alignment_loss(system, adapter, batcher, examples, features, options: TrainOptions, device):
-    picked = [features[ex.clip] for ex in examples]
-    states, prosody, lengths = collate_features(picked, device)
-    projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths,
-                                                                collate_utterance(picked, device))
-    speech = [projected[i, : int(n)] if ex.heard is None else adapter.with_lexical_prompt(projected[i, : int(n)])
-              for i, (n, ex) in enumerate(zip(out_lengths, examples))]
-    embeds, mask, labels = batcher.rows(examples, speech)
-    logits, targets = response_logits(system.llm.model, embeds, mask, labels)
-    loss = torch.nn.functional.cross_entropy(logits, targets)
-    stats = {"ce": float(loss.detach())}
-    if options.aux_weight > 0 and options.mode == "emotion" and not adapter.head_frozen:
-        labels_set = list(adapter.config.labels)
-        known = [i for i, ex in enumerate(examples) if ex.emotion in labels_set]
-        if known:
-            aux_logits = emotion_logits[known]
-            aux_target = torch.tensor([labels_set.index(examples[i].emotion) for i in known], device=aux_logits.device)
-            aux = torch.nn.functional.cross_entropy(aux_logits.float(), aux_target)
-            loss = loss + options.aux_weight * aux
-            stats["aux"] = float(aux.detach())
-    if options.kl_weight > 0 and options.mode == "emotion":
-        teacher = teacher_logits(system, batcher, examples)
-        kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(teacher, -1),
-                                        log_target=True, reduction="batchmean")
-        loss = loss + options.kl_weight * kl
-        stats["kl"] = float(kl.detach())
-    return loss, stats
-
-
-# ----- the emotion head ----------------------------------------------------------------------
-@torch.no_grad()
-def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, batch: int = 64) -> torch.Tensor:
-    rows = []
-    for i in range(0, len(features), batch):
-        part = features[i:i + batch]
-        states, prosody, lengths = collate_features(part, device)
-        rows.append(adapter.head_inputs(states, prosody, lengths, collate_utterance(part, device)))
-    return torch.cat(rows)
-
-
-def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list, *, epochs: int,
-                     seed: int = 0, device: str = "cpu") -> dict:
-    """Fit the emotion head alone on utterance functionals (no LLM: seconds), then freeze it,
-    so alignment teaches the rest of the adapter and the LLM's reading of a fixed posterior.
-    Standardisation, input and hidden dropout, label smoothing and weight decay keep it from
-    learning the training voices (an unregularised head reached 0.99 on train, 0.77 on dev)."""
-    labels = list(adapter.config.labels)
-    train_clips = [c for c in train_clips if c[0].emotion in labels]
-    x = head_inputs(adapter, [f for _, f, _ in train_clips], device)
-    y = torch.tensor([labels.index(u.emotion) for u, _, _ in train_clips], device=x.device)
-    adapter.head_mean.copy_(x.mean(0))
-    adapter.head_std.copy_(x.std(0).clamp(min=1e-3))
-    head = adapter.emotion_head
-    for p in head.parameters():
-        p.requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
-    for module in head:
-        if isinstance(module, torch.nn.Linear):
-            module.reset_parameters()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    head.train()
-    for _ in tqdm(range(epochs), desc="emotion head", unit="epoch"):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), 64):
-            b = order[i:i + 64].to(x.device)
-            loss = torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1)
-            optimizer.zero_grad(), loss.backward(), optimizer.step()
-    head.eval()
-    for p in head.parameters():
-        p.requires_grad_(False)
-    adapter.head_frozen = True
-    report = {}
-    for split, clips in (("train", train_clips), ("dev", [c for c in dev_clips if c[0].emotion in labels])):
-        if clips:
-            with torch.no_grad():
-                pred = adapter.head_logits(head_inputs(adapter, [f for _, f, _ in clips], device)).argmax(-1)
-            report[f"head_{split}_ua"] = unweighted_accuracy([u.emotion for u, _, _ in clips],
-                                                             [labels[int(i)] for i in pred], tuple(labels))
-    return report
-
-
 def init_from(adapter: SpeechAdapter, location: str) -> list[str]:
     """Copy every weight of a saved adapter whose name and shape match; returns those skipped."""
     from safetensors.torch import load_file
@@ -398,7 +218,8 @@ def dev_metrics(system, adapter, batcher, dev_clips, dev_examples, options: Trai
     from ..model.pipeline import PromptInput
 
     adapter.eval()
-    system.adapter = adapter
+    if system.adapter is not adapter:  # accelerate moves the module, it never copies it
+        raise RuntimeError("dev metrics must score the adapter being trained")
     out = {}
     if options.mode == "emotion" and dev_clips:
         labels = tuple(system.config.labels)
@@ -416,15 +237,6 @@ def dev_metrics(system, adapter, batcher, dev_clips, dev_examples, options: Trai
     out["dev_nll"] = float(np.mean(nll)) if nll else float("nan")
     adapter.train()
     return out
-
-
-def unweighted_accuracy(truth: list[str], predicted: list[str], labels: tuple[str, ...]) -> float:
-    recalls = []
-    for label in labels:
-        idx = [i for i, t in enumerate(truth) if t == label]
-        if idx:
-            recalls.append(sum(predicted[i] == label for i in idx) / len(idx))
-    return float(np.mean(recalls)) if recalls else float("nan")
 
 
 # ----- the loop ----------------------------------------------------------------------------
@@ -469,7 +281,7 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     if adapter.config.lexical_prompt and not hasattr(adapter, "lexical_prompt_tokens"):
         adapter.lexical_prompt_tokens = torch.nn.Parameter(torch.zeros(adapter.config.lexical_prompt,
                                                                        adapter.config.llm_dim, device=device))
-        adapter.init_lexical_prompt(system.llm.embed_tokens, system._ids(LEXICAL_PROMPT_INIT))
+        adapter.init_lexical_prompt(system.llm.embed_tokens, system.token_ids(LEXICAL_PROMPT_INIT))
     if not resume and options.mode == "emotion":
         adapter.init_emotion_embeddings(system.llm.embed_tokens, system.label_token_ids(tuple(config.labels)))
     if options.init and not resume:

@@ -7,6 +7,8 @@ labels outside the class set count as misses. Computed here (no hub download).
 import datasets
 import evaluate
 
+from semollama_core import unweighted_accuracy
+
 _KWARGS = """
 Args:
     predictions (list of str): predicted labels.
@@ -32,8 +34,4 @@ class UnweightedAccuracy(evaluate.Metric):
         classes = [c for c in (labels or sorted(set(references))) if c in set(references)]
         if not classes:
             raise ValueError("unweighted_accuracy: no reference belongs to the given labels.")
-        recalls = []
-        for c in classes:
-            rows = [p for p, r in zip(predictions, references) if r == c]
-            recalls.append(sum(p == c for p in rows) / len(rows))
-        return {"unweighted_accuracy": sum(recalls) / len(recalls)}
+        return {"unweighted_accuracy": unweighted_accuracy(references, predictions, classes)}

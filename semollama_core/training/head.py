@@ -1,0 +1,70 @@
+"""The adapter's emotion head: fitted alone on utterance functionals, then frozen, and its
+auxiliary loss during alignment."""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..metrics import unweighted_accuracy
+from ..model.adapter import SpeechAdapter
+from ..model.encoder import SpeechFeatures, collate_features, collate_utterance
+
+
+def auxiliary_emotion_loss(adapter, features: list, emotions: list[str], device) -> torch.Tensor:
+    """Emotion CE of the adapter's classifier alone: many clips a step at the adapter's cost."""
+    labels = list(adapter.config.labels)
+    states, prosody, lengths = collate_features(features, device)
+    _, _, logits = adapter.encode_all(states, prosody, lengths, collate_utterance(features, device))
+    target = torch.tensor([labels.index(e) for e in emotions], device=logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), target)
+
+
+@torch.no_grad()
+def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, batch: int = 64) -> torch.Tensor:
+    rows = []
+    for i in range(0, len(features), batch):
+        part = features[i:i + batch]
+        states, prosody, lengths = collate_features(part, device)
+        rows.append(adapter.head_inputs(states, prosody, lengths, collate_utterance(part, device)))
+    return torch.cat(rows)
+
+
+def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list, *, epochs: int,
+                     seed: int = 0, device: str = "cpu") -> dict:
+    """Fit the emotion head alone on utterance functionals (no LLM: seconds), then freeze it,
+    so alignment teaches the rest of the adapter and the LLM's reading of a fixed posterior.
+    Standardisation, input and hidden dropout, label smoothing and weight decay keep it from
+    learning the training voices (an unregularised head reached 0.99 on train, 0.77 on dev)."""
+    labels = list(adapter.config.labels)
+    train_clips = [c for c in train_clips if c[0].emotion in labels]
+    x = head_inputs(adapter, [f for _, f, _ in train_clips], device)
+    y = torch.tensor([labels.index(u.emotion) for u, _, _ in train_clips], device=x.device)
+    adapter.head_mean.copy_(x.mean(0))
+    adapter.head_std.copy_(x.std(0).clamp(min=1e-3))
+    head = adapter.emotion_head
+    for p in head.parameters():
+        p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    for module in head:
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+    head.train()
+    for _ in tqdm(range(epochs), desc="emotion head", unit="epoch"):
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), 64):
+            b = order[i:i + 64].to(x.device)
+            loss = torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1)
+            optimizer.zero_grad(), loss.backward(), optimizer.step()
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    adapter.head_frozen = True
+    report = {}
+    for split, clips in (("train", train_clips), ("dev", [c for c in dev_clips if c[0].emotion in labels])):
+        if clips:
+            with torch.no_grad():
+                pred = adapter.head_logits(head_inputs(adapter, [f for _, f, _ in clips], device)).argmax(-1)
+            report[f"head_{split}_ua"] = unweighted_accuracy([u.emotion for u, _, _ in clips],
+                                                             [labels[int(i)] for i in pred], tuple(labels))
+    return report
