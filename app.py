@@ -25,7 +25,7 @@ from ui.about import build_about_tab
 from ui.backend import AppSettings, Backend, markdown_text, one_line
 from ui.evaluate import build_evaluate_tab
 from ui.inspect import build_inspect_tab
-from ui.rate import build_rate_tab
+from ui.rate import RATE_PAGE, SHORTCUTS_JS, build_rate_page, build_rate_tab
 from ui.talk import build_talk_tab
 
 TITLE = "SEmoLlama: a frozen LLM hears how you said it"
@@ -123,6 +123,8 @@ def build_demo(system_factory: Callable[[], Any] = default_system, settings: App
                 build_rate_tab(backend)
             with gr.Tab("About", id="about"):
                 build_about_tab(_config_or_default())
+    with demo.route("Rate", f"/{RATE_PAGE}"):  # the annotators' page: the rating screen and nothing else
+        build_rate_page(backend)
     demo.queue(default_concurrency_limit=1, max_size=backend.settings.queue_size)
     demo.backend = backend  # tests and warm_up reach the shared backend through the demo
     return demo
@@ -136,10 +138,12 @@ def _config_or_default() -> SEmoConfig:
 
 
 def launch_options(demo: gr.Blocks) -> dict:
-    """What every launch needs: the upload limit and the examples folder as a file source."""
+    """What every launch needs: the upload limit, the examples folder as a file source, and the
+    rating page's keyboard shortcuts."""
     settings = demo.backend.settings
     return {"max_file_size": settings.max_upload_mb * 1024 * 1024,
-            "allowed_paths": [settings.examples_dir], "footer_links": ["api", "gradio"]}
+            "allowed_paths": [settings.examples_dir], "footer_links": ["api", "gradio"],
+            "head": SHORTCUTS_JS}
 
 
 def warm_up(demo: gr.Blocks) -> None:

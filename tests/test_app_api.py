@@ -20,7 +20,7 @@ SYSTEM_NAMES = ("speech_llm", "text_only", "cascade")
 API_NAMES = {"/load_example", "/talk", "/describe", "/inspect", "/inspect_layer", "/inspect_head", "/evaluate",
              "/evaluate_source",
              "/evaluate_item", "/evaluate_select", "/rate_next", "/rate_next_enter", "/rate_submit",
-             "/rate_results", "/rate_export", "/rate_push"}
+             "/rate_skip", "/rate_results", "/rate_export", "/rate_export_jsonl", "/rate_push"}
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_rating_is_blind_resumable_and_scored(app_server):
     client = new_client(app_server)
     shown = client.predict("api_annotator", api_name="/rate_next")
     status, audio, transcript, response_a, response_b = shown[:5]
-    assert "0 of 4" in status and Path(audio).suffix == ".wav" and response_a and response_b
+    assert "0 of 6" in status and Path(audio).suffix == ".wav" and response_a and response_b  # 4 examples, 2 gold
     assert transcript == ""  # hidden by default: annotators judge from the audio
     # Nothing on screen names a system before the vote.
     assert not any(name in json.dumps(shown) for name in SYSTEM_NAMES)
@@ -251,14 +251,17 @@ def test_rating_is_blind_resumable_and_scored(app_server):
     with pytest.raises(AppError, match="Choose which response is better"):
         client.predict(None, 4, 2, 4, 3, "", api_name="/rate_submit")
     after = client.predict("A", 4, 2, 4, 3, "<b>good</b>", api_name="/rate_submit")
-    assert after[0].startswith("Saved") and "1 of 4" in after[0]
+    assert after[0].startswith("Saved") and "1 of 6" in after[0]
     client.predict("tie", 3, 3, 3, 3, "", api_name="/rate_submit")
+    client.predict("both_bad", 2, 2, 2, 2, "", api_name="/rate_submit")  # three: at least one is not gold
     with pytest.raises(AppError, match="wrong or missing admin password"):
         client.predict("", api_name="/rate_results")
-    overview, pairs, scores, emotions = client.predict(app_server.admin_password, api_name="/rate_results")
-    assert "ratings" in overview and pairs["data"] and scores["data"] and emotions["data"]
+    overview, pairs, scores, annotators, emotions = client.predict(app_server.admin_password, api_name="/rate_results")
+    assert "ratings" in overview and pairs["data"] and scores["data"] and emotions["data"] and annotators["data"]
     csv_text = Path(client.predict(app_server.admin_password, api_name="/rate_export")).read_text()
-    assert csv_text.count("api_annotator") == 2
+    assert csv_text.count("api_annotator") == 3
+    jsonl = Path(client.predict(app_server.admin_password, api_name="/rate_export_jsonl")).read_text().splitlines()
+    assert len(jsonl) == 3 and all(json.loads(line)["time_spent_s"] >= 0 for line in jsonl)
     with pytest.raises(AppError, match="wrong or missing admin password"):
         client.predict("guess", api_name="/rate_export")
 

@@ -6,6 +6,7 @@ to ci-artifacts/screenshots/ (SEMOLLAMA_ARTIFACTS overrides the folder).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -97,22 +98,76 @@ def test_evaluate_runs_a_small_batch(page, screenshots):
     page.screenshot(path=str(screenshots / "3-evaluate.png"), full_page=True)
 
 
-def test_rate_two_items_and_see_them_in_the_results(page, app_server, screenshots):
+LABEL_WORDS = ("neutral", "happy", "sad", "angry", "calm", "fear", "fearful", "disgust", "surprise", "surprised")
+SYSTEM_NAMES = ("speech_llm", "text_only", "cascade", "neutral_aligned", "oracle", "speech_only", "emotion_head",
+                "standalone", "attention_copy", "attention_distractor")
+# Letters-only boundaries: "angry_1.wav" and "sad," count, "sadly" and "unhappy" do not.
+LEAK = re.compile(r"(?<![a-z])(" + "|".join(LABEL_WORDS + SYSTEM_NAMES) + r")(?![a-z])", re.IGNORECASE)
+
+
+def leaks(text: str, responses: list[str]) -> list[str]:
+    """Label words and system names in text, once the replies being rated are taken out:
+    a reply may itself speak of feelings; that is what the annotator judges."""
+    for response in sorted(responses, key=len, reverse=True):
+        if response:
+            text = text.replace(response, " ")
+    text = re.sub(r"--[\w-]+", " ", text)  # the theme's CSS variables (var(--neutral-400)) say nothing of an item
+    return sorted({m.group(0) for m in LEAK.finditer(text)})
+
+
+def test_a_rating_session_shows_no_label_and_no_system_name(page, app_server, screenshots):
+    from gradio_client import Client
+
+    annotator = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a session of its own
+    annotator.set_default_timeout(STEP_TIMEOUT_MS)
+    requested = []
+    annotator.on("request", lambda request: requested.append(request.url))
+    annotator.goto(app_server.url + "rate", wait_until="domcontentloaded")
+    annotator.locator("#rate-guidelines").get_by_text("Both bad").first.wait_for()
+    annotator.locator("#rate-annotator input, #rate-annotator textarea").first.fill("browser_annotator")
+    annotator.locator("#rate-start").click()
+    textarea_filled(annotator, "rate-response-a")
+    annotator.locator("#rate-audio audio").first.wait_for(state="attached")
+    responses = [annotator.locator(f"#rate-response-{side} textarea").input_value() for side in ("a", "b")]
+    visible = annotator.locator("body").inner_text()
+    attributes = annotator.evaluate(
+        "() => [...document.querySelectorAll('*')].flatMap(e => [...e.attributes].map(a => a.value)).join('\\n')")
+    audio_urls = annotator.evaluate(
+        "() => [...document.querySelectorAll('#rate-audio [src], #rate-audio [href]')]"
+        ".map(e => e.getAttribute('src') || e.getAttribute('href')).join('\\n')")
+    assert "/gradio_api/file=" in audio_urls and audio_urls.count(".wav") >= 1
+    for name, text in (("visible text", visible), ("attributes", attributes), ("audio URLs", audio_urls),
+                       ("served HTML", annotator.content()), ("requested URLs", "\n".join(requested))):
+        assert not leaks(text, responses), (name, leaks(text, responses))
+    # The rating endpoints' API answers, as any client gets them.
+    client = Client(app_server.url, verbose=False)
+    answers = [client.predict("api_blind_check", api_name="/rate_next")]
+    answers.append(client.predict(api_name="/rate_skip"))
+    answers.append(client.predict("both_bad", 2, 2, 2, 2, "", api_name="/rate_submit"))
+    for answer in answers:
+        assert not leaks(json.dumps(answer), list(answer[3:5])), leaks(json.dumps(answer), list(answer[3:5]))
+    annotator.screenshot(path=str(screenshots / "4-rate.png"), full_page=True)
+
+    # Keyboard: 4 = both bad, Enter = submit, S = skip; every vote is timed.
+    annotator.locator("#rate-status").click()  # focus out of the text box
+    for rated, key in ((1, "4"), (2, "1"), (3, "3")):
+        annotator.keyboard.press(key)
+        annotator.keyboard.press("Enter")
+        annotator.locator("#rate-status").get_by_text(f"{rated} of 6 items rated").wait_for()
+    annotator.keyboard.press("s")
+    annotator.locator("#rate-status").get_by_text("skipped for later").wait_for()
+    mine = [r for r in app_server.demo.backend.store.export_ratings(app_server.admin_password)
+            if r["annotator_id"] == "browser_annotator"]
+    assert [r["choice"] for r in mine] == ["both_bad", "A", "tie"]
+    assert all(r["time_spent_s"] > 0 for r in mine)
+    annotator.close()
+
     open_tab(page, "Rate")
-    page.locator("#rate-annotator input, #rate-annotator textarea").first.fill("browser_annotator")
-    page.locator("#rate-start").click()
-    textarea_filled(page, "rate-response-a")
-    for rated, choice in ((1, "A"), (2, "tie")):
-        page.locator("#rate-choice").get_by_text(choice, exact=True).click()
-        page.locator("#rate-submit").click()
-        page.locator("#rate-status").get_by_text(f"{rated} of 4 items rated").wait_for()
-    page.screenshot(path=str(screenshots / "4-rate.png"), full_page=True)
     page.locator("#rate-results-panel").get_by_text("Results").first.click()
     page.locator("#rate-password input").fill(app_server.admin_password)
     page.locator("#rate-results").click()
     page.locator("#rate-pairs").get_by_role("gridcell", name=" vs ").first.wait_for()
-    overview = page.locator("#rate-overview").inner_text()
-    assert "ratings" in overview
+    assert "Krippendorff" in page.locator("#rate-overview").inner_text()
     page.screenshot(path=str(screenshots / "5-results.png"), full_page=True)
     assert all((screenshots / f"{n}.png").stat().st_size > 0
                for n in ("1-talk", "2-inspect", "3-evaluate", "4-rate", "5-results"))

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from ui.preference import (PreferenceError, bootstrap_ratio_ci, cohen_kappa, fleiss_kappa, preference_report,
-    read_ratings_csv)
+from ui.preference import (PreferenceError, bootstrap_ratio_ci, cohen_kappa, fleiss_kappa, krippendorff_alpha,
+    preference_report, read_ratings_csv)
 from ui.ratings import (Assignment, HubError, RatingAccessError, RatingError, RatingStore, assignments_table,
     ratings_table)
 
@@ -223,10 +224,10 @@ def test_schema_itself_enforces_the_rules(store):
         return {**{k: row[k] for k in ("token", "annotator_id", "item_id", "system_a", "system_b")},
                 "choice": "A", "empathy_a": 3, "empathy_b": 3, "quality_a": 3, "quality_b": 3,
                 "comment": "", "idempotency_key": f"key-{annotator}",
-                "shown_at": row["shown_at"], "submitted_at": row["shown_at"]}
+                "shown_at": row["shown_at"], "submitted_at": row["shown_at"], "time_spent_s": 1.5}
 
     taken = vote(store, "ann1", key="taken")
-    for index, bad in enumerate(({"empathy_a": 9}, {"quality_b": 0}, {"choice": "C"},
+    for index, bad in enumerate(({"empathy_a": 9}, {"quality_b": 0}, {"choice": "C"}, {"time_spent_s": -1.0},
                                  {"system_b": "__same__"}, {"comment": "x" * 2001},
                                  {"idempotency_key": "taken"}, {"token": "forged"},
                                  {"item_id": taken.item_id, "annotator_id": "ann1"})):
@@ -237,7 +238,7 @@ def test_schema_itself_enforces_the_rules(store):
             conn.execute(ratings_table.insert().values(**{**values, **bad}))
         with store._engine.begin() as conn:  # the same row without the fault is accepted
             conn.execute(ratings_table.insert().values(**values))
-    assert count_ratings(store) == 9
+    assert count_ratings(store) == 10
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -285,7 +286,7 @@ def test_process_killed_mid_transaction_leaves_database_consistent(store, tmp_pa
     values = {**{k: row[k] for k in ("token", "annotator_id", "item_id", "system_a", "system_b")},
               "choice": "A", "empathy_a": 1, "empathy_b": 1, "quality_a": 1, "quality_b": 1,
               "comment": "half written", "idempotency_key": "dies",
-              "shown_at": row["shown_at"], "submitted_at": row["shown_at"]}
+              "shown_at": row["shown_at"], "submitted_at": row["shown_at"], "time_spent_s": 0.0}
     context = multiprocessing.get_context("spawn")
     inserted = context.Event()
     child = context.Process(target=_insert_then_die,
@@ -446,7 +447,7 @@ def test_win_rates_ties_and_scores_match_hand_computation():
     assert pair["wins"] == {"x": 2, "y": 1} and pair["ties"] == 1
     assert pair["win_rate"] == {"x": 0.5, "y": 0.25} and pair["tie_rate"] == 0.25
     assert pair["win_rate_ci95"]["x"][0] <= 0.5 <= pair["win_rate_ci95"]["x"][1]
-    assert report["tie_rate"] == 0.25 and report["position"] == {"A": 0.25, "B": 0.5, "tie": 0.25}
+    assert report["tie_rate"] == 0.25 and report["position"] == {"A": 0.25, "B": 0.5, "tie": 0.25, "both_bad": 0.0}
     # x's empathy: 5 (as A), 4 (as B), 3 (as A), 1 (as B) -> 3.25; y's: 1, 2, 3, 1 -> 1.75.
     assert report["scores"]["x"]["empathy"]["mean"] == 3.25
     assert report["scores"]["y"]["empathy"]["mean"] == 1.75
@@ -508,3 +509,111 @@ def test_cli_help_and_one_line_errors(tmp_path):
         assert done.returncode == 2 and done.stderr.startswith("error: ")
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+# ----------------------------------------------------------------------------- careful rating
+
+def gold_items():
+    items = make_items(4)
+    items.append({"audio": "clips/gold.wav", "emotion": "sad", "transcript": "gold",
+                  "responses": {"speech_llm": "same words", "attention_copy": "same words"}, "gold": ["tie"]})
+    return items
+
+
+def test_both_bad_skip_gold_and_time_spent_are_stored_and_exported(tmp_path):
+    store = RatingStore(data_dir=tmp_path, admin_password="")
+    store.add_rating_set("careful", gold_items())
+    first = store.next_assignment("ann1", "careful", seed=3)
+    store.skip_assignment(first.token, "ann1")
+    assert store.progress("ann1", "careful") == type(store.progress("ann1", "careful"))(rated=0, total=5, skipped=1)
+    order = []
+    while (assignment := store.next_assignment("ann1", "careful", seed=3)) is not None:
+        order.append(assignment.item_id)
+        time.sleep(0.05)
+        choice = "tie" if assignment.response_a == assignment.response_b else "both_bad"
+        store.submit_rating(assignment.token, "ann1", choice, empathy_a=2, empathy_b=2, quality_a=2, quality_b=2)
+    assert order[-1] == first.item_id and len(order) == 5  # the skipped item came back last
+    assert store.progress("ann1", "careful").skipped == 0
+    with pytest.raises(RatingError, match="already rated"):
+        store.skip_assignment(first.token, "ann1")
+    records = [json.loads(line) for line in store.export_jsonl().splitlines()]
+    assert len(records) == 5 and all(r["time_spent_s"] >= 0.05 for r in records)
+    gold = [r for r in records if r["gold"]]
+    assert len(gold) == 1 and gold[0]["gold_passed"] is True and gold[0]["preferred"] == "tie"
+    assert all(r["preferred"] == "both_bad" and r["gold_passed"] is None for r in records if not r["gold"])
+    assert all(r["swapped"] == (r["system_a"] > r["system_b"]) for r in records)
+    header = next(csv.reader(io.StringIO(store.export_csv())))
+    assert {"time_spent_s", "gold", "gold_passed", "swapped", "preferred"} <= set(header)
+    with pytest.raises(RatingError, match="gold must list accepted answers"):
+        store.add_rating_set("bad-gold", [{**gold_items()[-1], "gold": ["nobody"]}])
+
+
+def test_placement_is_drawn_per_item_and_balanced_over_annotators(tmp_path):
+    store = RatingStore(data_dir=tmp_path, admin_password="")
+    store.add_rating_set("pilot", make_items(12))
+    for annotator in ("ann1", "ann2"):
+        rate_all(store, annotator, preferring(["speech_llm"]))
+    ratings = {annotator: {r.item_id: r for r in store.ratings_for(annotator)} for annotator in ("ann1", "ann2")}
+    first_orders = [r.swapped for r in ratings["ann1"].values()]
+    assert 0 < sum(first_orders) < len(first_orders)  # random per item, not one fixed side
+    assert all(ratings["ann2"][item].swapped != r.swapped for item, r in ratings["ann1"].items())
+
+
+def test_krippendorff_alpha_matches_the_published_example():
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 coders, 12 units, nominal 0.743.
+    coders = [[1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+              [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None]]
+    units = [[v for v in unit if v is not None] for unit in zip(*coders)]
+    assert krippendorff_alpha(units) == pytest.approx(0.743, abs=5e-4)
+    assert krippendorff_alpha([["a", "a"], ["b", "b"]]) == pytest.approx(1.0)
+    assert krippendorff_alpha([["a", "a"], ["a", "a"]]) is None  # one category: undefined
+
+
+def test_pairwise_kappas_and_alpha_come_with_bootstrap_intervals():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(5)
+    truth = rng.choice(["A", "B", "tie", "both_bad"], size=40, p=[0.4, 0.3, 0.2, 0.1])
+    noisy = {name: [t if rng.random() > flip else rng.choice(["A", "B", "tie", "both_bad"]) for t in truth]
+             for name, flip in (("p1", 0.1), ("p2", 0.3), ("p3", 0.6))}
+    records = [hand_record(item, name, "x", "y", choices[item]) for name, choices in noisy.items()
+               for item in range(40)]
+    agreement = preference_report(records, n_boot=300, seed=1)["agreement"]
+    pairs = agreement["cohen_kappa_pairs"]
+    assert set(pairs) == {"p1 & p2", "p1 & p3", "p2 & p3"}
+    for name, pair in pairs.items():
+        first, second = name.split(" & ")
+        assert pair["kappa"] == pytest.approx(cohen_kappa_score(noisy[first], noisy[second]))
+        assert pair["ci95"][0] <= pair["kappa"] <= pair["ci95"][1] and pair["n_units"] == 40
+    assert pairs["p1 & p2"]["kappa"] > pairs["p2 & p3"]["kappa"]
+    alpha, (low, high) = agreement["krippendorff_alpha"], agreement["krippendorff_alpha_ci95"]
+    assert 0 < low <= alpha <= high < 1
+    assert agreement == preference_report(records, n_boot=300, seed=1)["agreement"]  # seeded
+
+
+def test_gold_items_are_scored_apart_from_the_preferences(tmp_path):
+    store = RatingStore(data_dir=tmp_path, admin_password="")
+    store.add_rating_set("careful", gold_items())
+    for annotator, gold_choice in (("ann1", "tie"), ("ann2", "A")):
+        while (assignment := store.next_assignment(annotator, "careful", seed=2)) is not None:
+            choice = gold_choice if assignment.response_a == assignment.response_b else "A"
+            store.submit_rating(assignment.token, annotator, choice, empathy_a=3, empathy_b=3,
+                                quality_a=3, quality_b=3)
+    report = preference_report(store.export_ratings(), n_boot=100)
+    assert report["n_ratings"] == 8 and "attention_copy" not in json.dumps(report["pairs"])
+    assert report["gold"]["by_annotator"] == {"ann1": {"n": 1, "passed": 1, "accuracy": 1.0},
+                                              "ann2": {"n": 1, "passed": 0, "accuracy": 0.0}}
+    assert report["time_spent_s"]["n"] == 10
+
+
+def test_a_database_from_before_schema_2_is_kept_aside(tmp_path):
+    path = tmp_path / "ratings.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE ratings (id INTEGER PRIMARY KEY, choice VARCHAR(3))")
+        conn.execute("INSERT INTO ratings (choice) VALUES ('A')")
+    store = RatingStore(f"sqlite:///{path}", admin_password="")
+    store.add_rating_set("pilot", make_items(2))
+    vote(store, "ann1", "both_bad")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT choice FROM ratings_v1").fetchall() == [("A",)]
+        assert conn.execute("SELECT choice FROM ratings").fetchall() == [("both_bad",)]

@@ -22,6 +22,14 @@ from typing import Any, Callable
 from semollama_core import REPO_ROOT, Utterance, atomic_write, read_manifest
 
 EXAMPLES_MANIFEST = "examples.jsonl"
+# Rating clips are served from copies named by their content's hash: a URL or file name
+# an annotator can see names no example, emotion or system.
+BLIND_AUDIO_DIR = Path(tempfile.gettempdir()) / "semollama-rating-audio"
+# Gold items of the examples' rating set: attention checks with known answers.
+GOLD_COPY = "attention_copy"              # the same reply twice: the answer is tie
+GOLD_DISTRACTOR = "attention_distractor"  # a reply to something else: the other one, or both bad
+DISTRACTOR_REPLY = ("Please remember to water the plants on Tuesday; the spare key is under the blue pot. "
+                    "The train to the coast leaves at half past six.")
 SCRATCH_MAX_AGE_S = 3600  # downloads are copied into gradio's cache; ours can go after an hour
 # Markdown syntax characters; <, > and & are left to html.escape (a backslash before "&"
 # would stop the entity from being read, and "#" must stay out of entities: quote=False).
@@ -250,23 +258,24 @@ class Backend:
             items.append({"audio": example.name, "emotion": example.emotion or "",
                           "transcript": example.transcript or result.transcript,
                           "responses": dict(result.responses), "item_id": f"ex-{done}"})
-        self.store.add_rating_set(name, items)
+        self.store.add_rating_set(name, items + gold_items(items))
         return name
 
     def _example_set_name(self, examples: list[Example]) -> str:
         """Named after what made the responses, so a new checkpoint gets a fresh set."""
         described = self.system.describe()
         key = json.dumps([[e.name, e.emotion, e.transcript] for e in examples]
-                         + [described.get("llm"), described.get("adapter"), self.system.config.max_new_tokens],
+                         + [described.get("llm"), described.get("adapter"), self.system.config.max_new_tokens,
+                            "with gold items"],
                          sort_keys=True, default=str)
         return "examples-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def rating_audio_path(self, audio: str) -> Path | None:
-        """Where a rating item's audio lives: inside the examples folder only."""
+        """The blind copy of a rating item's audio, which must lie inside the examples folder."""
         root = self.examples_dir.resolve()
         path = (root / audio).resolve()
         if path.is_relative_to(root) and path.is_file():
-            return path
+            return blind_copy(path)
         return None
 
     # ----- scratch files ----------------------------------------------------------------
@@ -282,6 +291,33 @@ class Backend:
         folder = self.scratch / uuid.uuid4().hex[:12]
         folder.mkdir()
         return folder / f"{stem}{suffix}"
+
+
+def gold_items(items: list[dict]) -> list[dict]:
+    """Two attention checks made from the first two items: the same reply on both sides
+    (accepted: tie), and a real reply against one about something else (accepted: the real
+    one, or both bad). Their systems' names are as hidden as any other."""
+    if len(items) < 2:
+        return []
+    (first, first_reply), (second, second_reply) = [(item, next(iter(item["responses"].items()))) for item in items[:2]]
+    return [{**first, "item_id": "gold-0", "responses": {first_reply[0]: first_reply[1], GOLD_COPY: first_reply[1]},
+             "gold": ["tie"]},
+            {**second, "item_id": "gold-1",
+             "responses": {second_reply[0]: second_reply[1], GOLD_DISTRACTOR: DISTRACTOR_REPLY},
+             "gold": [second_reply[0], "both_bad"]}]
+
+
+def blind_copy(path: Path) -> Path:
+    """The clip re-encoded as plain 16-bit WAV (no metadata chunks) under its content's hash."""
+    import soundfile as sf
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    target = BLIND_AUDIO_DIR / f"{digest}.wav"
+    if not target.is_file():
+        BLIND_AUDIO_DIR.mkdir(parents=True, exist_ok=True)
+        data, rate = sf.read(str(path), always_2d=False)
+        write_atomic(target, lambda tmp: sf.write(str(tmp), data, rate, format="WAV", subtype="PCM_16"))
+    return target
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:

@@ -1,22 +1,27 @@
 """Preference analysis of the annotators' blind A/B ratings.
 
 Input: the ratings store's export (`RatingStore.export_ratings()` dicts, or its CSV).
-Each rating compares two systems on one item, with a choice A/B/tie and empathy and
-quality scores (1 to 5) for both responses. Reported:
-- per system pair: wins of each system, ties, win rates over all ratings of the pair
-  (ties counted separately: win_rate[x] + win_rate[y] + tie_rate = 1), with bootstrap
+Each rating compares two systems on one item, with a choice A/B/tie/both_bad and empathy
+and quality scores (1 to 5) for both responses. Ratings of gold items (attention checks)
+are scored apart and left out of everything else. Reported:
+- per system pair: wins of each system, ties, "both bad", their rates over all ratings of
+  the pair (win_rate[x] + win_rate[y] + tie_rate + both_bad_rate = 1), with bootstrap
   95% percentile intervals that resample items (all ratings of a drawn item go
   together, since annotators of one item are not independent), seeded;
-- overall tie rate, and how often A, B and tie were chosen (position bias);
+- overall tie and both-bad rates, and how often each choice was made (position bias);
 - mean empathy and quality per system (each rating scores both of its responses),
   with the same item bootstrap;
 - agreement between annotators on the system-level preference (which system won, or
   tie; so the randomised A/B order cancels out), over the (item, pair) units rated by
   at least two annotators: Cohen's kappa with two annotators, Fleiss' kappa with more
   (the variable-raters form: with a constant number of raters per unit it is Fleiss'
-  original statistic). A kappa is None where undefined (no shared units, or every
-  answer in one category);
-- all of the above except agreement, per emotion of the item.
+  original statistic); and, with bootstrap 95% intervals that resample the shared units,
+  Cohen's kappa for every pair of annotators and Krippendorff's alpha (nominal) over all
+  annotators. A statistic is None where undefined (no shared units, or every answer in
+  one category);
+- gold items: how many each annotator answered with an accepted answer;
+- time spent per rating (median, per annotator);
+- all of the above except agreement, gold and time, per emotion of the item.
 
     python -m ui.preference --db ~/.local/share/semollama/ratings.sqlite --out pref.json
     python -m ui.preference --csv ratings.csv --out pref.json
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -40,11 +46,11 @@ from semollama_core import atomic_write_text
 from ui.ratings import CHOICES, RatingStore
 
 __all__ = ["PreferenceError", "preference_report", "read_ratings_csv", "load_ratings_db",
-           "cohen_kappa", "fleiss_kappa", "bootstrap_ratio_ci"]
+           "cohen_kappa", "fleiss_kappa", "krippendorff_alpha", "bootstrap_ci", "bootstrap_ratio_ci"]
 
 REQUIRED_FIELDS = ("item_id", "annotator_id", "system_a", "system_b", "choice",
                    "empathy_a", "empathy_b", "quality_a", "quality_b")
-LABELS = ("first", "second", "tie")   # system-level: first/second of the sorted pair
+LABELS = ("first", "second", "tie", "both_bad")   # system-level: first/second of the sorted pair
 CI_PERCENTILES = (2.5, 97.5)
 
 
@@ -103,13 +109,19 @@ def _normalise(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             raise PreferenceError(f"rating {index} has a score outside 1..5")
         pair = tuple(sorted((record["system_a"], record["system_b"])))
         preferred = {"A": record["system_a"], "B": record["system_b"]}.get(record["choice"])
+        try:
+            spent = float(record["time_spent_s"]) if record.get("time_spent_s") not in (None, "") else None
+        except (TypeError, ValueError):
+            raise PreferenceError(f"rating {index} has a time_spent_s that is not a number") from None
         rows.append({
             **scores, "choice": record["choice"], "pair": pair,
             "system_a": record["system_a"], "system_b": record["system_b"],
             "item": (str(record.get("rating_set") or ""), str(record["item_id"])),
             "annotator": str(record["annotator_id"]),
             "emotion": str(record.get("emotion") or "unknown"),
-            "label": LABELS.index("tie") if preferred is None else pair.index(preferred),
+            "label": LABELS.index(record["choice"]) if preferred is None else pair.index(preferred),
+            "preferred": preferred or record["choice"],
+            "gold": str(record.get("gold") or ""), "time_spent_s": spent,
         })
     return rows
 
@@ -165,16 +177,74 @@ def _fleiss_agreements(counts: np.ndarray) -> tuple[float, float] | None:
     return observed, float(shares @ shares)
 
 
-def _agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def krippendorff_alpha(units: Sequence[Sequence]) -> float | None:
+    """Krippendorff's alpha for nominal data. units: for each unit, the values its
+    annotators gave (missing ones left out); units with fewer than two values do not count.
+    None when undefined (fewer than two pairable values, or one category only)."""
+    categories = sorted({value for unit in units for value in unit}, key=str)
+    index = {value: k for k, value in enumerate(categories)}
+    coincidences = np.zeros((len(categories), len(categories)))
+    for unit in units:
+        if len(unit) < 2:
+            continue
+        counts = np.bincount([index[value] for value in unit], minlength=len(categories)).astype(float)
+        coincidences += (np.outer(counts, counts) - np.diag(counts)) / (len(unit) - 1)
+    totals = coincidences.sum(axis=1)
+    n = totals.sum()
+    if n < 2:
+        return None
+    expected = (n * n - float(totals @ totals)) / (n - 1)
+    if expected <= 0:
+        return None
+    return 1.0 - (coincidences.sum() - np.trace(coincidences)) / expected
+
+
+def bootstrap_ci(statistic, units: list, n_boot: int, rng: np.random.Generator) -> list[float] | None:
+    """Percentile 95% interval of statistic(resampled units), units drawn with replacement;
+    samples where the statistic is undefined are left out. None when most are undefined."""
+    if not units:
+        return None
+    draws = rng.integers(0, len(units), size=(n_boot, len(units)))
+    values = [v for v in (statistic([units[i] for i in draw]) for draw in draws) if v is not None]
+    if len(values) < n_boot / 2:
+        return None
+    low, high = np.percentile(values, CI_PERCENTILES)
+    return [float(low), float(high)]
+
+
+def _pairwise_kappas(shared: dict, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Cohen's kappa of every two annotators over the units both rated, with intervals."""
+    annotators = sorted({name for labels in shared.values() for name in labels})
+    result = {}
+    for first, second in itertools.combinations(annotators, 2):
+        pairs = [(labels[first], labels[second]) for labels in shared.values()
+                 if first in labels and second in labels]
+        if not pairs:
+            continue
+        kappa = cohen_kappa(*zip(*pairs))
+        ci = bootstrap_ci(lambda sample: cohen_kappa(*zip(*sample)), pairs, n_boot,
+                          _rng(seed, f"kappa {first} {second}"))
+        result[f"{first} & {second}"] = {"kappa": kappa, "ci95": ci, "n_units": len(pairs),
+                                         "observed_agreement": float(np.mean([a == b for a, b in pairs]))}
+    return result
+
+
+def _agreement(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     by_unit: dict[tuple, dict[str, int]] = defaultdict(dict)
     for row in rows:
         by_unit[(row["item"], row["pair"])][row["annotator"]] = row["label"]
     shared = {unit: labels for unit, labels in by_unit.items() if len(labels) >= 2}
     annotators = sorted({name for labels in shared.values() for name in labels})
     result: dict[str, Any] = {"n_units": len(shared), "n_annotators": len(annotators),
-                              "method": None, "kappa": None, "observed_agreement": None}
+                              "method": None, "kappa": None, "observed_agreement": None,
+                              "krippendorff_alpha": None, "krippendorff_alpha_ci95": None,
+                              "cohen_kappa_pairs": {}}
     if not shared:
         return result
+    units = [list(labels.values()) for labels in shared.values()]
+    result.update(krippendorff_alpha=krippendorff_alpha(units),
+                  krippendorff_alpha_ci95=bootstrap_ci(krippendorff_alpha, units, n_boot, _rng(seed, "alpha")),
+                  cohen_kappa_pairs=_pairwise_kappas(shared, n_boot, seed))
     if len(annotators) == 2:
         pairs = [(labels[annotators[0]], labels[annotators[1]]) for labels in shared.values()]
         result.update(method="cohen", kappa=cohen_kappa(*zip(*pairs)),
@@ -216,10 +286,12 @@ def _pair_summary(pair: tuple[str, str], rows: list[dict[str, Any]], n_boot: int
     return {
         "systems": list(pair), "n": len(rows), "n_items": len(counts),
         "wins": {pair[0]: int(totals[0]), pair[1]: int(totals[1])}, "ties": int(totals[2]),
+        "both_bad": int(totals[3]),
         "win_rate": {pair[0]: float(rates[0]), pair[1]: float(rates[1])},
         "win_rate_ci95": {pair[0]: [float(low[0]), float(high[0])],
                           pair[1]: [float(low[1]), float(high[1])]},
         "tie_rate": float(rates[2]), "tie_rate_ci95": [float(low[2]), float(high[2])],
+        "both_bad_rate": float(rates[3]), "both_bad_rate_ci95": [float(low[3]), float(high[3])],
     }
 
 
@@ -248,6 +320,7 @@ def _summary(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, An
         "n_ratings": len(rows),
         "n_items": len({row["item"] for row in rows}),
         "tie_rate": choices.count("tie") / len(rows),
+        "both_bad_rate": choices.count("both_bad") / len(rows),
         "position": {choice: choices.count(choice) / len(rows) for choice in CHOICES},
         "pairs": {" vs ".join(pair): _pair_summary(pair, by_pair[pair], n_boot, seed)
                   for pair in sorted(by_pair)},
@@ -255,21 +328,43 @@ def _summary(rows: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, An
     }
 
 
+def _gold_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Attention checks: answers on gold items that are among the accepted ones."""
+    by_annotator: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        by_annotator[row["annotator"]].append(row["preferred"] in row["gold"].split(","))
+    return {"n": len(rows), "passed": sum(sum(v) for v in by_annotator.values()),
+            "by_annotator": {name: {"n": len(v), "passed": sum(v), "accuracy": sum(v) / len(v)}
+                             for name, v in sorted(by_annotator.items())}}
+
+
+def _time_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    timed = [row for row in rows if row["time_spent_s"] is not None]
+    by_annotator: dict[str, list[float]] = defaultdict(list)
+    for row in timed:
+        by_annotator[row["annotator"]].append(row["time_spent_s"])
+    return {"n": len(timed), "median": float(np.median([r["time_spent_s"] for r in timed])) if timed else None,
+            "median_by_annotator": {name: float(np.median(v)) for name, v in sorted(by_annotator.items())}}
+
+
 def preference_report(records: Iterable[dict[str, Any]], n_boot: int = 2000,
                       seed: int = 0) -> dict[str, Any]:
     """The whole analysis as a JSON-ready dict (see the module docstring)."""
     if not isinstance(n_boot, int) or n_boot < 10:
         raise PreferenceError(f"n_boot must be an integer of at least 10, got {n_boot!r}")
-    rows = _normalise(records)
+    every = _normalise(records)
+    rows = [row for row in every if not row["gold"]]
     if not rows:
-        raise PreferenceError("no ratings to analyse")
+        raise PreferenceError("no ratings to analyse (gold items aside)")
     by_emotion: dict[str, list] = defaultdict(list)
     for row in rows:
         by_emotion[row["emotion"]].append(row)
     return {
         **_summary(rows, n_boot, seed),
         "n_annotators": len({row["annotator"] for row in rows}),
-        "agreement": _agreement(rows),
+        "agreement": _agreement(rows, n_boot, seed),
+        "gold": _gold_summary([row for row in every if row["gold"]]),
+        "time_spent_s": _time_summary(every),
         "per_emotion": {emotion: _summary(group, n_boot, seed)
                         for emotion, group in sorted(by_emotion.items())},
         "options": {"n_boot": n_boot, "seed": seed, "ci": 0.95, "resampled": "items"},

@@ -4,10 +4,17 @@ A rating set is a fixed list of items (audio, emotion, transcript and one stored
 response per system), so every annotator rates the same texts. Each item compares
 one pair of systems, chosen when the set is added so that pairs are balanced across
 the set's items; every annotator sees the same pair on an item (so agreement can be
-measured), and the A/B order alternates between annotators (so position bias
-cancels). Which system is A and which is B lives only in the `assignments` table,
-keyed by an opaque token: an `Assignment` never names a system, and only the stored
-`Rating` does.
+measured), and the A/B order is drawn at random for each annotator and item, balanced
+so that an item's annotators see both orders (position bias cancels); the placement is
+logged with every rating (`system_a`, `system_b`, `swapped`). Which system is A and
+which is B lives only in the `assignments` table, keyed by an opaque token: an
+`Assignment` never names a system, and only the stored `Rating` does.
+
+Careful rating (the conventions of Chatbot Arena, Argilla and Label Studio): four
+choices (A, B, tie, both bad); gold items whose accepted answers are known check
+attention and stay out of the preference statistics; an annotator may skip an item
+(it comes back once every other item is done); the time from showing an item to its
+vote is recorded (`time_spent_s`, server clock, from the last time it was shown).
 
 Storage is SQLAlchemy Core: SQLite by default (WAL, busy timeout, foreign keys on,
 `BEGIN IMMEDIATE` so concurrent writers queue instead of failing), any SQLAlchemy URL
@@ -41,17 +48,20 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
-from sqlalchemy import (CheckConstraint, Column, DateTime, ForeignKey, ForeignKeyConstraint, Integer, MetaData,
-    String, Table, Text, UniqueConstraint, create_engine, event, func, select)
+from sqlalchemy import (CheckConstraint, Column, DateTime, Float, ForeignKey, ForeignKeyConstraint, Integer,
+    MetaData, String, Table, Text, UniqueConstraint, create_engine, event, func, inspect, select, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 __all__ = [
     "Assignment", "Progress", "Rating", "RatingAccessError", "RatingError", "RatingSetInfo",
-    "RatingStore", "HubError", "RATING_EXPORT_FIELDS", "CHOICES", "clean_text",
+    "RatingStore", "HubError", "RATING_EXPORT_FIELDS", "CHOICES", "OUTCOMES", "clean_text",
 ]
 
-CHOICES = ("A", "B", "tie")
+CHOICES = ("A", "B", "tie", "both_bad")
+# A gold item's accepted answers name systems or these system-level outcomes.
+OUTCOMES = ("tie", "both_bad")
+SCHEMA_VERSION = 2
 SCORE_RANGE = (1, 5)               # empathy and quality, for response A and response B
 MAX_COMMENT_CHARS = 2000
 MAX_TRANSCRIPT_CHARS = 10_000
@@ -109,6 +119,8 @@ items_table = Table(
     # The pair compared on this item (system_1 < system_2); never shown before a vote.
     Column("system_1", String(64), nullable=False),
     Column("system_2", String(64), nullable=False),
+    # Gold items: the accepted system-level answers, comma-separated (system names, tie, both_bad).
+    Column("gold", String(512), nullable=True),
     UniqueConstraint("rating_set_id", "item_key"),
     UniqueConstraint("rating_set_id", "position"),
     CheckConstraint("system_1 < system_2", name="item_pair_sorted"),
@@ -131,7 +143,9 @@ assignments_table = Table(
     Column("item_id", ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
     Column("system_a", String(64), nullable=False),
     Column("system_b", String(64), nullable=False),
-    Column("shown_at", DateTime(timezone=True), nullable=False),
+    Column("shown_at", DateTime(timezone=True), nullable=False),      # first shown
+    Column("displayed_at", DateTime(timezone=True), nullable=False),  # last shown (time spent counts from it)
+    Column("skipped_at", DateTime(timezone=True), nullable=True),     # skipped and not yet shown again
     UniqueConstraint("annotator_id", "item_id"),
     CheckConstraint("system_a <> system_b", name="assignment_two_systems"),
     # Both shown systems must have a stored response for the item.
@@ -141,6 +155,11 @@ assignments_table = Table(
 
 _SCORE_COLUMNS = ("empathy_a", "empathy_b", "quality_a", "quality_b")
 
+schema_table = Table(
+    "schema_info", metadata,
+    Column("version", Integer, primary_key=True),
+)
+
 ratings_table = Table(
     "ratings", metadata,
     Column("id", Integer, primary_key=True),
@@ -149,14 +168,16 @@ ratings_table = Table(
     Column("item_id", ForeignKey("items.id"), nullable=False),
     Column("system_a", String(64), nullable=False),
     Column("system_b", String(64), nullable=False),
-    Column("choice", String(3), nullable=False),
+    Column("choice", String(8), nullable=False),
     *[Column(name, Integer, nullable=False) for name in _SCORE_COLUMNS],
     Column("comment", Text, nullable=False),
     Column("idempotency_key", String(128), nullable=False, unique=True),
     Column("shown_at", DateTime(timezone=True), nullable=False),
     Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("time_spent_s", Float, nullable=False),
     UniqueConstraint("annotator_id", "item_id"),  # one rating per annotator and item
-    CheckConstraint("choice IN ('A', 'B', 'tie')", name="rating_choice"),
+    CheckConstraint("choice IN ('A', 'B', 'tie', 'both_bad')", name="rating_choice"),
+    CheckConstraint("time_spent_s >= 0", name="rating_time_spent"),
     CheckConstraint("system_a <> system_b", name="rating_two_systems"),
     *[CheckConstraint(f"{name} BETWEEN {SCORE_RANGE[0]} AND {SCORE_RANGE[1]}", name=f"rating_{name}")
       for name in _SCORE_COLUMNS],
@@ -207,27 +228,42 @@ class Rating:
     idempotency_key: str
     shown_at: datetime
     submitted_at: datetime
+    time_spent_s: float              # from the item's last showing to the vote (server clock)
+    gold: str                        # a gold item's accepted answers, comma-separated; "" otherwise
 
     @property
     def preferred(self) -> str:
-        """The preferred system's name, or "tie"."""
-        return {"A": self.system_a, "B": self.system_b}.get(self.choice, "tie")
+        """The preferred system's name, "tie" or "both_bad"."""
+        return {"A": self.system_a, "B": self.system_b}.get(self.choice, self.choice)
+
+    @property
+    def swapped(self) -> bool:
+        """Whether A showed the pair's second system (the placement drawn for this rating)."""
+        return self.system_a > self.system_b
+
+    @property
+    def gold_passed(self) -> bool | None:
+        """On a gold item, whether the answer is an accepted one; None on other items."""
+        return self.preferred in self.gold.split(",") if self.gold else None
 
     def to_dict(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
         row["preferred"] = self.preferred
+        row["swapped"] = self.swapped
+        row["gold_passed"] = self.gold_passed
         row["shown_at"] = self.shown_at.isoformat()
         row["submitted_at"] = self.submitted_at.isoformat()
         return row
 
 
-RATING_EXPORT_FIELDS = tuple(f.name for f in dataclasses.fields(Rating)) + ("preferred",)
+RATING_EXPORT_FIELDS = tuple(f.name for f in dataclasses.fields(Rating)) + ("preferred", "swapped", "gold_passed")
 
 
 @dataclass(frozen=True)
 class Progress:
     rated: int
     total: int
+    skipped: int = 0                 # skipped and not rated yet (they come back at the end)
 
     @property
     def remaining(self) -> int:
@@ -267,10 +303,10 @@ def _check_score(value: Any, field: str) -> int:
 
 
 def _check_choice(value: Any) -> str:
-    choice = {"a": "A", "b": "B", "tie": "tie"}.get(str(value).strip().lower()) \
-        if isinstance(value, str) else None
+    choice = {"a": "A", "b": "B", "tie": "tie", "both_bad": "both_bad", "both bad": "both_bad"}.get(
+        str(value).strip().lower()) if isinstance(value, str) else None
     if choice is None:
-        raise RatingError(f"choice must be one of A, B, tie, got {_preview(value)}")
+        raise RatingError(f"choice must be one of A, B, tie, both_bad, got {_preview(value)}")
     return choice
 
 
@@ -298,6 +334,15 @@ def _clean_item(index: int, item: Any) -> dict[str, Any]:
                 clean_text(text, f"{where} response of {system}", MAX_RESPONSE_CHARS)
             for system, text in sorted(responses.items(), key=lambda kv: str(kv[0]))},
     }
+    gold = item.get("gold")
+    if gold is not None:
+        accepted = [gold] if isinstance(gold, str) else gold
+        if (not isinstance(accepted, (list, tuple)) or not accepted
+                or any(a not in (*cleaned["responses"], *OUTCOMES) for a in accepted)):
+            raise RatingError(f"{where} gold must list accepted answers: its systems, tie or both_bad")
+        if len(cleaned["responses"]) != 2:
+            raise RatingError(f"{where} is a gold item and needs exactly two responses")
+        cleaned["gold"] = ",".join(sorted(set(accepted)))
     given_key = item.get("item_id")
     cleaned["item_key"] = (_check_name(str(given_key), f"{where} item_id", KEY_PATTERN)
                            if given_key is not None else _content_key(cleaned))
@@ -329,8 +374,11 @@ def _balanced_pairs(items: list[dict[str, Any]], seed: int) -> list[tuple[str, s
     by at most one when every item has every system."""
     rng = random.Random(seed)
     counts: dict[tuple[str, str], int] = {}
-    pairs: list[tuple[str, str]] = [("", "")] * len(items)
+    pairs: list[tuple[str, str]] = [tuple(sorted(item["responses"])) if item.get("gold") else ("", "")
+                                    for item in items]
     for index in rng.sample(range(len(items)), len(items)):
+        if items[index].get("gold"):
+            continue  # a gold item shows its own two responses
         options = list(itertools.combinations(sorted(items[index]["responses"]), 2))
         fewest = min(counts.get(pair, 0) for pair in options)
         pairs[index] = rng.choice([pair for pair in options if counts.get(pair, 0) == fewest])
@@ -387,6 +435,18 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _upgrade_schema(engine: Engine) -> None:
+    """A database written before schema 2 (no both_bad, gold, skip or time spent) keeps its
+    tables under a _v1 suffix, untouched, and gets fresh ones; nothing is converted."""
+    tables = set(inspect(engine).get_table_names())
+    if "schema_info" in tables or "ratings" not in tables:
+        return
+    with engine.begin() as conn:
+        for name in ("ratings", "assignments", "responses", "items", "rating_sets"):
+            if name in tables:
+                conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {name}_v1")
+
+
 def _redacted_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
@@ -408,7 +468,11 @@ class RatingStore:
             os.environ.get("SEMOLLAMA_ADMIN_PASSWORD")
         self._admin_password = password or None
         try:
+            _upgrade_schema(self._engine)
             metadata.create_all(self._engine)
+            with self._engine.begin() as conn:
+                if conn.scalar(select(func.count()).select_from(schema_table)) == 0:
+                    conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
         except SQLAlchemyError as error:
             raise RatingError(f"cannot open the ratings database {_redacted_url(self._engine)}: "
                               f"{type(error.orig or error).__name__}: {error.orig or error}"
@@ -462,7 +526,7 @@ class RatingStore:
             item_id = conn.execute(items_table.insert().values(
                 rating_set_id=set_id, position=position, item_key=item["item_key"],
                 audio=item["audio"], emotion=item["emotion"], transcript=item["transcript"],
-                system_1=pair[0], system_2=pair[1])).inserted_primary_key[0]
+                system_1=pair[0], system_2=pair[1], gold=item.get("gold"))).inserted_primary_key[0]
             conn.execute(responses_table.insert(), [
                 {"item_id": item_id, "system": system, "text": text}
                 for system, text in item["responses"].items()])
@@ -514,27 +578,46 @@ class RatingStore:
                          seed: int | None) -> Assignment | None:
         set_id = self._set_id(conn, rating_set)
         a, i = assignments_table.c, items_table.c
-        open_token = conn.scalar(
-            select(a.token).join(items_table, i.id == a.item_id)
-            .where(a.annotator_id == annotator_id, i.rating_set_id == set_id,
-                   ~select(ratings_table.c.id).where(ratings_table.c.token == a.token).exists())
-            .order_by(a.shown_at, a.token).limit(1))
+        unrated = select(a.token).join(items_table, i.id == a.item_id).where(
+            a.annotator_id == annotator_id, i.rating_set_id == set_id,
+            ~select(ratings_table.c.id).where(ratings_table.c.token == a.token).exists())
+        open_token = conn.scalar(unrated.where(a.skipped_at.is_(None)).order_by(a.shown_at, a.token).limit(1))
         if open_token is not None:
-            return self._load_assignment(conn, open_token)
+            return self._show(conn, open_token)
         seen = select(a.item_id).where(a.annotator_id == annotator_id)
         candidates = conn.execute(select(i.id, i.system_1, i.system_2).where(
             i.rating_set_id == set_id, i.id.not_in(seen)).order_by(i.id)).all()
-        if not candidates:
-            return None
+        if not candidates:  # skipped items come back, oldest skip first, once all others are done
+            skipped = conn.scalar(unrated.where(a.skipped_at.is_not(None)).order_by(a.skipped_at, a.token).limit(1))
+            if skipped is None:
+                return None
+            conn.execute(update(assignments_table).where(a.token == skipped).values(skipped_at=None))
+            return self._show(conn, skipped)
         rng = random.SystemRandom() if seed is None else \
             random.Random(f"{seed}|{annotator_id}|{len(candidates)}")
         item_id, system_1, system_2 = rng.choice(candidates)
         system_a, system_b = self._balanced_order(conn, item_id, system_1, system_2, rng)
-        token = secrets.token_urlsafe(24)
+        token, now = secrets.token_urlsafe(24), _now()
         conn.execute(assignments_table.insert().values(
             token=token, annotator_id=annotator_id, item_id=item_id,
-            system_a=system_a, system_b=system_b, shown_at=_now()))
+            system_a=system_a, system_b=system_b, shown_at=now, displayed_at=now))
         return self._load_assignment(conn, token)
+
+    def _show(self, conn: Connection, token: str) -> Assignment:
+        """An assignment shown again: the time spent on it counts from now."""
+        conn.execute(update(assignments_table).where(assignments_table.c.token == token)
+                     .values(displayed_at=_now()))
+        return self._load_assignment(conn, token)
+
+    def skip_assignment(self, token: str, annotator_id: str) -> None:
+        """Puts the annotator's open item aside; it comes back once every other item is done."""
+        annotator_id = _check_name(annotator_id, "annotator id")
+        with self._engine.begin() as conn:
+            self._owned_assignment(conn, token, annotator_id)
+            if conn.scalar(select(ratings_table.c.id).where(ratings_table.c.token == token)) is not None:
+                raise RatingError("this item is already rated; a rated item cannot be skipped")
+            conn.execute(update(assignments_table).where(assignments_table.c.token == token)
+                         .values(skipped_at=_now()))
 
     @staticmethod
     def _balanced_order(conn: Connection, item_id: int, system_1: str, system_2: str,
@@ -567,9 +650,9 @@ class RatingStore:
     def get_assignment(self, token: str, annotator_id: str) -> Assignment:
         """Shows an assignment again (e.g. after a page reload), to its own annotator only."""
         annotator_id = _check_name(annotator_id, "annotator id")
-        with self._engine.connect() as conn:
+        with self._engine.begin() as conn:
             self._owned_assignment(conn, token, annotator_id)
-            return self._load_assignment(conn, token)
+            return self._show(conn, token)
 
     @staticmethod
     def _owned_assignment(conn: Connection, token: Any, annotator_id: str):
@@ -623,10 +706,14 @@ class RatingStore:
                                           r.item_id == assignment.item_id)) is not None:
             raise RatingError(f"item {assignment.item_id} is already rated by {annotator_id}; "
                               "a rating is written once")
+        now = _now()
+        spent = max(0.0, (now - _as_utc(assignment.displayed_at)).total_seconds())
         rating_id = conn.execute(ratings_table.insert().values(
             token=token, annotator_id=annotator_id, item_id=assignment.item_id,
             system_a=assignment.system_a, system_b=assignment.system_b,
-            shown_at=assignment.shown_at, submitted_at=_now(), **values)).inserted_primary_key[0]
+            shown_at=assignment.shown_at, submitted_at=now, time_spent_s=round(spent, 3),
+            **values)).inserted_primary_key[0]
+        conn.execute(update(assignments_table).where(assignments_table.c.token == token).values(skipped_at=None))
         return self._load_rating(conn, rating_id)
 
     @staticmethod
@@ -635,7 +722,7 @@ class RatingStore:
         return (select(r.id, s.name.label("rating_set"), r.item_id, i.item_key, i.audio, i.emotion,
                        r.annotator_id, r.system_a, r.system_b, r.choice,
                        *[r[name] for name in _SCORE_COLUMNS], r.comment, r.idempotency_key,
-                       r.shown_at, r.submitted_at)
+                       r.shown_at, r.submitted_at, r.time_spent_s, func.coalesce(i.gold, "").label("gold"))
                 .join(items_table, i.id == r.item_id)
                 .join(rating_sets_table, s.id == i.rating_set_id)
                 .order_by(r.id))
@@ -670,7 +757,14 @@ class RatingStore:
                 .join(items_table, items_table.c.id == ratings_table.c.item_id)
                 .where(items_table.c.rating_set_id == set_id,
                        ratings_table.c.annotator_id == annotator_id))
-        return Progress(rated=rated, total=total)
+            a = assignments_table.c
+            skipped = conn.scalar(
+                select(func.count()).select_from(assignments_table)
+                .join(items_table, items_table.c.id == a.item_id)
+                .where(items_table.c.rating_set_id == set_id, a.annotator_id == annotator_id,
+                       a.skipped_at.is_not(None),
+                       ~select(ratings_table.c.id).where(ratings_table.c.token == a.token).exists()))
+        return Progress(rated=rated, total=total, skipped=skipped)
 
     # -- export
 
@@ -688,6 +782,10 @@ class RatingStore:
         with self._engine.connect() as conn:
             rows = conn.execute(self._rating_query()).all()
         return [self._to_rating(row).to_dict() for row in rows]
+
+    def export_jsonl(self, admin_password: str | None = None) -> str:
+        """export_ratings as JSON Lines, one rating a line."""
+        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.export_ratings(admin_password))
 
     def export_csv(self, admin_password: str | None = None) -> str:
         """export_ratings as CSV text. Free-text cells that a spreadsheet would run as a
