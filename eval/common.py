@@ -73,7 +73,11 @@ def evaluation_rows(manifest: str | os.PathLike, config_labels: Sequence[str], *
         raise EvalError(f"--limit must be a positive number of rows, not {limit}.")
     all_rows = read_rows(manifest)
     rows = choose_split(all_rows, split)
-    labels = label_set(rows, config_labels)
+    label_set(rows, config_labels)  # at least two of the manifest's labels must be configured
+    # Systems choose among every configured label, whatever else is in the manifest (or its
+    # first N rows): a clip's prediction must not depend on the other rows. UA averages over
+    # the classes that have references.
+    labels = tuple(config_labels)
     kept = [u for u in rows if u.emotion in labels]
     notes = []
     if len(kept) < len(rows):
@@ -129,12 +133,204 @@ def standalone_model(system, all_rows: list[Utterance], labels: Sequence[str], n
     return model
 
 
+def scoring_backend(system) -> str:
+    """What decodes this system's answers, and so also scores them in response_nll."""
+    if system.llama_cpp is not None:
+        return f"llama.cpp ({system.llama_cpp.path.name})"
+    return f"torch ({system.config.quantization})"
+
+
 def response_nll(system, prompt_inputs: list, responses: list[str], *, speech: list | None = None) -> list[float]:
-    """SEmoLlama.response_nll, with an EvalError for mismatched lists: the teacher-forced NLL
-    per response token of each response after its prompt (see semollama_core/model/scoring.py)."""
+    """SEmoLlama.response_nll (semollama_core/model/scoring.py), with an EvalError for
+    mismatched lists."""
     if len(prompt_inputs) != len(responses):
         raise EvalError(f"{len(prompt_inputs)} prompts but {len(responses)} responses.")
     return system.response_nll(prompt_inputs, responses, speech=speech)
+
+
+# ----------------------------------------------------------------------------- intervals
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0   # fixed: the same rows always give the same interval
+
+
+def resampling_groups(rows: Sequence) -> list[str]:
+    """The unit a bootstrap resamples, per row: its sentence (the manifest transcript, as the
+    clips of one sentence are not independent), else the clip itself."""
+    def get(row, key):
+        return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
+
+    out = []
+    for i, row in enumerate(rows):
+        sentence = get(row, "sentence") if isinstance(row, dict) and "sentence" in row else get(row, "transcript")
+        clip = get(row, "audio") or get(row, "audio_path") or i
+        out.append("sentence:" + " ".join(str(sentence).lower().split()) if sentence else f"clip:{clip}")
+    return out
+
+
+def _group_picks(groups: Sequence[str], resamples: int, seed: int):
+    keys = list(dict.fromkeys(groups))
+    index = {k: i for i, k in enumerate(keys)}
+    member = np.array([index[g] for g in groups])
+    picks = np.random.default_rng(seed).integers(0, len(keys), size=(resamples, len(keys)))
+    # how often each group is drawn in each resample: [resamples, groups]
+    counts = np.zeros((resamples, len(keys)))
+    np.add.at(counts, (np.arange(resamples)[:, None], picks), 1)
+    return member, counts, len(keys)
+
+
+def grouped_bootstrap_ci(values: Sequence[float], groups: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """95 % percentile interval of the mean of `values`, resampling whole groups."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return None
+    member, counts, n = _group_picks(groups, resamples, seed)
+    sums, sizes = np.bincount(member, values, n), np.bincount(member, None, n)
+    means = (counts @ sums) / np.maximum(counts @ sizes, 1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
+def ua_bootstrap_ci(references: Sequence[str], predictions: Sequence[str], labels: Sequence[str],
+                    groups: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """95 % interval of UA (mean recall over the classes present in each resample), resampling
+    whole groups (sentences, else clips)."""
+    if not references:
+        return None
+    member, counts, n = _group_picks(groups, resamples, seed)
+    labels = list(labels)
+    totals, correct = np.zeros((n, len(labels))), np.zeros((n, len(labels)))
+    for g, ref, pred in zip(member, references, predictions):
+        if ref in labels:
+            totals[g, labels.index(ref)] += 1
+            correct[g, labels.index(ref)] += ref == pred
+    t, c = counts @ totals, counts @ correct
+    present = t > 0
+    ua = np.where(present, c / np.maximum(t, 1), 0).sum(1) / np.maximum(present.sum(1), 1)
+    return [round(float(np.percentile(ua, 2.5)), 4), round(float(np.percentile(ua, 97.5)), 4)]
+
+
+# ----------------------------------------------------------------------------- meta
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def sha256_file(path: str | os.PathLike | None) -> str | None:
+    import hashlib
+
+    if not path or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def adapter_file(system=None, which: str = "speech_llm") -> Path | None:
+    """The safetensors file of the adapter that runs (None for a fresh, untrained one)."""
+    if system is not None:
+        if which == "speech_llm" and not system.trained:
+            return None
+        location = system.config.adapter if which == "speech_llm" else system.config.neutral_adapter
+    else:
+        from semollama_core import SEmoConfig
+
+        config = SEmoConfig.from_env()
+        location = config.adapter if which == "speech_llm" else config.neutral_adapter
+    if not location:
+        return None
+    path = Path(location)
+    path = path / "adapter.safetensors" if path.is_dir() else path
+    return path if path.is_file() else None
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout, with "-dirty" when tracked files differ from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed: `python -m eval.X ...` for a module run with -m."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    head = argv[0] if argv else ""
+    try:
+        rel = Path(head).resolve().relative_to(REPO_ROOT)
+        if rel.suffix == ".py":
+            parts = list(rel.with_suffix("").parts)
+            head = "python -m " + ".".join(parts[:-1] if parts[-1] == "__main__" else parts)
+            return " ".join([head, *map(shlex.quote, argv[1:])])
+    except ValueError:
+        pass
+    return shlex.join(argv)
+
+
+def run_meta(manifest: str | os.PathLike | None = None, system=None, **extra) -> dict:
+    """The top-level `meta` of every eval JSON: which adapter (sha256 of its safetensors),
+    manifest, commit, machine, command and date produced it."""
+    neutral = adapter_file(system, "neutral_aligned")
+    meta = {"adapter_sha256": sha256_file(adapter_file(system)),
+            "adapter": str(adapter_file(system)) if adapter_file(system) else None,
+            "neutral_adapter_sha256": sha256_file(neutral),
+            "manifest_sha256": sha256_file(manifest), "manifest": str(Path(manifest).resolve()) if manifest else None,
+            "commit": git_commit(), "machine": machine(), "command": command_line(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta.update(extra)
+    return meta
+
+
+def meta_path(predictions: str | os.PathLike) -> Path:
+    """The run's meta beside its raw predictions (read back by --rescore)."""
+    predictions = Path(predictions)
+    return predictions.with_name(predictions.name + ".meta.json")
+
+
+def write_predictions(path: str | os.PathLike, rows: Iterable[dict], meta: dict) -> Path:
+    """Raw predictions (JSONL) and, beside them, the meta of the run that made them."""
+    write_json(meta_path(path), meta)
+    return write_jsonl(path, rows)
+
+
+def rescored_meta(predictions: str | os.PathLike) -> dict:
+    """Meta of a rescoring: the original run's (adapter, manifest, commit) when saved, plus
+    this command and date."""
+    original = {}
+    if meta_path(predictions).is_file():
+        original = json.loads(meta_path(predictions).read_text())
+    now = run_meta(None)
+    return {**{k: original.get(k) for k in ("adapter_sha256", "adapter", "neutral_adapter_sha256",
+                                              "manifest_sha256", "manifest")},
+            "commit": now["commit"], "machine": now["machine"], "command": now["command"], "date": now["date"],
+            "rescored_from": str(Path(predictions).resolve()), "original_run": original or None}
 
 
 # ----------------------------------------------------------------------------- files
@@ -277,7 +473,8 @@ def rescore_or_evaluate(parser, args, score: Callable[[list[dict]], dict],
     out = out if out is not None else check_out_path(args.out)
     if args.rescore:
         report = {**score(read_jsonl(args.rescore)),
-                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve()))}
+                  "metadata": metadata(None, rescored_from=str(Path(args.rescore).resolve())),
+                  "meta": rescored_meta(args.rescore)}
         return report, out
     if not args.manifest:
         parser.error("give a MANIFEST, or --rescore PREDICTIONS.jsonl")

@@ -21,7 +21,7 @@ from semollama_core import Utterance
 
 from .common import (rescore_or_evaluate, EvalError, argument_parser, batches, config_labels, label_set,
                      load_system_from_args, metadata, positive_int, predictions_path, progress_bar, read_rows,
-                     run_cli, write_json, write_jsonl)
+                     run_cli, run_meta, write_json, write_jsonl, write_predictions)
 from .ser import score_predictions
 
 PROBE_SYSTEMS = ("speech_llm", "neutral_aligned", "backbone")
@@ -114,8 +114,10 @@ def _evaluate(args, out: Path) -> dict:
     if not system.trained:
         notes.append("speech_llm: the adapter is fresh (untrained); the probe measures a random projection.")
     predictions = run_probe(system, train, test, systems, args.batch_size, labels=labels)
-    write_jsonl(predictions_path(out), predictions)
+    meta = run_meta(args.manifest, system, limit=args.limit, systems=systems)
+    write_predictions(predictions_path(out), predictions, meta)
     return {**score_predictions(predictions, labels), "train_n": len(train), "test_n": len(test), "notes": notes,
+            "meta": meta,
             "metadata": metadata(args.manifest, system, limit=args.limit, systems=systems,
                                  predictions=str(predictions_path(out)))}
 

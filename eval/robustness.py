@@ -22,9 +22,9 @@ from semollama_core import QUANTIZATIONS
 from semollama_core import Utterance, mix_at_snr
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
-                     metadata, positive_int, run_cli, save_figure, standalone_model, write_json,
-                     write_jsonl)
-from .ser import SER_SYSTEMS, class_scores, run_ser
+                     metadata, positive_int, run_cli, run_meta, save_figure, standalone_model, write_json,
+                     write_predictions)
+from .ser import INTERVAL_NOTE, SER_SYSTEMS, class_scores, run_ser, ua_ci95
 
 NOISE_KINDS = ("white", "babble")
 CLEAN = "clean"
@@ -114,16 +114,17 @@ def score_robustness(predictions: list[dict]) -> dict:
     groups: dict = defaultdict(list)
     for row in predictions:
         groups[(row["extra"]["noise"], row["extra"]["snr"], row["system"])].append(row)
-    scored = {key: class_scores(rows, labels) for key, rows in groups.items()}
+    scored = {key: {**class_scores(rows, labels), "ua_ci95": ua_ci95(rows, labels)} for key, rows in groups.items()}
     kinds = [k for k in dict.fromkeys(n for n, _, _ in groups) if k != "none"] or ["none"]
     systems = list(dict.fromkeys(s for _, _, s in groups))
     snrs = list(dict.fromkeys(s for _, s, _ in groups))
     report = {"snrs": snrs, "noise": kinds, "systems": systems, "label_set": labels}
-    for metric in ("ua", "wa"):
+    for metric in ("ua", "ua_ci95", "wa"):
         report[metric] = {kind: {s: {snr: scored[(kind if snr != CLEAN else "none", snr, s)][metric]
                                      for snr in snrs if (kind if snr != CLEAN else "none", snr, s) in scored}
                                  for s in systems} for kind in kinds}
     report["n"] = {f"{n}/{snr}/{s}": len(rows) for (n, snr, s), rows in groups.items()}
+    report["interval"] = INTERVAL_NOTE
     return report
 
 
@@ -136,11 +137,17 @@ def robustness_figure(report: dict):
     for kind in report["noise"]:
         for system in report["systems"]:
             curve = report["ua"][kind][system]
+            ci = report.get("ua_ci95", {}).get(kind, {}).get(system, {})
+            bars = None
+            if ci and all(ci.get(snr) for snr in curve):
+                bars = {"type": "data", "symmetric": False,
+                        "array": [ci[snr][1] - curve[snr] for snr in curve],
+                        "arrayminus": [curve[snr] - ci[snr][0] for snr in curve]}
             fig.add_trace(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers",
-                                     name=f"{system} ({kind})",
+                                     name=f"{system} ({kind})", error_y=bars,
                                      line={"dash": dashes.get(kind, "solid"), "color": colours[system]}))
     fig.add_hline(y=1 / max(1, len(report["label_set"])), line_dash="dot", annotation_text="chance")
-    fig.update_layout(title="SER unweighted accuracy under background noise", xaxis_title="SNR (dB)",
+    fig.update_layout(title="SER unweighted accuracy under background noise (bars: 95 % sentence-resampled intervals)", xaxis_title="SNR (dB)",
                       yaxis_title="UA", yaxis_range=[0, 1], xaxis_type="category", width=900, height=550)
     return fig
 
@@ -187,8 +194,10 @@ def _evaluate(args, out: Path) -> dict:
         systems.remove("standalone")
     predictions = run_robustness(system, rows, snrs, kinds, systems, pool=all_rows, batch_size=args.batch_size,
                                  labels=labels, standalone=standalone, seed=args.seed)
-    write_jsonl(out / "predictions.jsonl", predictions)
-    return {**score_robustness(predictions), "notes": notes,
+    meta = run_meta(args.manifest, system, split=args.split, limit=args.limit, seed=args.seed, noise=kinds,
+                    snrs=args.snrs, systems=systems)
+    write_predictions(out / "predictions.jsonl", predictions, meta)
+    return {**score_robustness(predictions), "notes": notes, "meta": meta,
             "metadata": metadata(args.manifest, system, split=args.split, limit=args.limit, seed=args.seed,
                                  predictions=str(out / "predictions.jsonl"))}
 

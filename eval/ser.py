@@ -7,8 +7,10 @@ Raw predictions (one row per utterance and system) are written first, next to th
 output (FILE.predictions.jsonl); scoring reads only them, so `--rescore` recomputes every
 figure without running a model.
 
-Systems: speech_llm and neutral_aligned (the LLM names the emotion from speech, scored
-by label log-likelihood), text_only (the same question over the ASR transcript, or the
+Systems: speech_llm, speech_only and neutral_aligned (the LLM names the emotion from speech,
+scored by label log-likelihood; SER prompts read no words, so speech_llm and speech_only
+score the same speech tokens), emotion_head (the adapter's supervised head alone, no LLM),
+text_only (the same question over the ASR transcript, or the
 manifest's with --given-transcripts), standalone (openSMILE eGeMAPS + linear; the
 shipped model, else one fitted on the manifest's train split).
 
@@ -31,11 +33,14 @@ from semollama_core import PromptInput
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, batches, config_labels,
                      evaluation_rows, load_metric, load_system_from_args, metadata, positive_int,
-                     predictions_path, progress_bar, run_cli, save_figure, standalone_model,
-                     write_json, write_jsonl)
+                     predictions_path, progress_bar, run_cli, run_meta, save_figure, standalone_model,
+                     ua_bootstrap_ci, write_json, write_predictions)
 
-LLM_SYSTEMS = ("speech_llm", "neutral_aligned", "text_only")
-SER_SYSTEMS = LLM_SYSTEMS + ("standalone",)
+# speech_only scores the same speech tokens as speech_llm (SER prompts never read words); it is
+# here so that robustness and the app can name the paper's configuration.
+LLM_SYSTEMS = ("speech_llm", "speech_only", "neutral_aligned", "text_only")
+SPEECH_FEATURE_SYSTEMS = ("speech_llm", "speech_only", "neutral_aligned", "emotion_head")   # need the clip's features
+SER_SYSTEMS = LLM_SYSTEMS + ("emotion_head", "standalone")
 DEFAULT_SYSTEMS = ("speech_llm", "text_only", "standalone")
 SNR_EDGES = (0, 5, 10, 20, 30)   # dB; noise-condition fields are grouped into these bands
 MAX_GROUPS = 30                  # a field with more distinct values is not broken down
@@ -83,7 +88,7 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
     if transform is not None:
         clips = [transform(u, clip) for u, clip in zip(batch, clips)]
     features = (system.features_many(clips, transcribe=False)  # label scoring reads no words
-                if {"speech_llm", "neutral_aligned"} & set(systems) else None)
+                if set(SPEECH_FEATURE_SYSTEMS) & set(systems) else None)
     transcripts = None
     if "text_only" in systems:
         transcripts = [u.transcript if given_transcripts and u.transcript else system.transcribe(c)
@@ -93,13 +98,15 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
         if name == "standalone":
             probs = [_restricted(dict(zip(standalone.labels, map(float, p))), labels)
                      for p in standalone.predict_proba(clips)]
+        elif name == "emotion_head":
+            probs = [_restricted(p, labels) for p in emotion_head_probs(system, features)]
         else:
             inputs = [PromptInput(name, features[i] if features else None,
                                   transcripts[i] if name == "text_only" else None) for i in range(len(batch))]
             probs = [p.probs for p in system.predict_emotions(inputs, labels=labels)]
         for i, u in enumerate(batch):
             row = {"audio": str(u.audio_path), "speaker": u.speaker, "emotion": u.emotion, "split": u.split,
-                   "system": name, "predicted": max(probs[i], key=probs[i].get),
+                   "sentence": u.transcript, "system": name, "predicted": max(probs[i], key=probs[i].get),
                    "probs": {l: round(float(probs[i][l]), 6) for l in labels},
                    "extra": {**u.extra, **(extra or {})}}
             if name == "text_only":
@@ -107,6 +114,12 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
                 row["transcript_source"] = "manifest" if given_transcripts and u.transcript else "asr"
             out.append(row)
     return out
+
+
+def emotion_head_probs(system, features) -> list[dict[str, float]]:
+    """The adapter's supervised emotion head alone (no LLM): its softmax over the adapter's
+    labels, one clip at a time (so no clip's padding reaches another)."""
+    return system.emotion_head(features)
 
 
 def _restricted(probs: dict[str, float], labels: Sequence[str]) -> dict[str, float]:
@@ -125,8 +138,23 @@ def score_predictions(predictions: list[dict], labels: Sequence[str] | None = No
     by_system: dict[str, list[dict]] = defaultdict(list)
     for row in predictions:
         by_system[row["system"]].append(row)
-    scored = {name: class_scores(rows, labels, with_confusion=True) for name, rows in by_system.items()}
-    return {"systems": scored, "label_set": labels, "breakdowns": breakdowns(predictions, labels)}
+    scored = {name: {**class_scores(rows, labels, with_confusion=True), "ua_ci95": ua_ci95(rows, labels)}
+              for name, rows in by_system.items()}
+    return {"systems": scored, "interval": INTERVAL_NOTE, "label_set": labels, "breakdowns": breakdowns(predictions, labels)}
+
+
+INTERVAL_NOTE = ("ua_ci95: 95 % percentile bootstrap (2000 resamples, seed 0) that resamples sentences "
+                 "(the manifest transcript) and, for rows without one, clips")
+
+
+def ser_groups(rows: list[dict]) -> list[str]:
+    """Each SER row's resampling unit: its sentence when the manifest gave one, else its clip."""
+    return [f"sentence:{' '.join(str(r['sentence']).lower().split())}" if r.get("sentence") else f"clip:{r['audio']}"
+            for r in rows]
+
+
+def ua_ci95(rows: list[dict], labels: Sequence[str]) -> list[float] | None:
+    return ua_bootstrap_ci([r["emotion"] for r in rows], [r["predicted"] for r in rows], labels, ser_groups(rows))
 
 
 def class_scores(rows: list[dict], labels: Sequence[str], with_confusion: bool = False) -> dict:
@@ -277,8 +305,9 @@ def _evaluate(args, out: Path) -> dict:
     systems, standalone = runnable_systems(system, requested, all_rows, labels, notes)
     predictions = run_ser(system, rows, systems, args.batch_size, labels=labels,
                           given_transcripts=args.given_transcripts, standalone=standalone)
-    write_jsonl(predictions_path(out), predictions)
-    return {**score_predictions(predictions, labels),
+    meta = run_meta(args.manifest, system, split=args.split, limit=args.limit, systems=systems)
+    write_predictions(predictions_path(out), predictions, meta)
+    return {**score_predictions(predictions, labels), "meta": meta,
             "metadata": metadata(args.manifest, system, split=args.split, limit=args.limit,
                                  given_transcripts=args.given_transcripts, systems=systems,
                                  predictions=str(predictions_path(out)), notes=notes)}

@@ -59,7 +59,14 @@ def collate_utterance(features: list[SpeechFeatures], device: str = "cpu") -> to
 
 
 def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu") -> list[torch.Tensor]:
-    """One [tokens, llm width] tensor per clip; differentiable when the adapter trains."""
+    """One [tokens, llm width] tensor per clip; differentiable when the adapter trains.
+
+    At inference every clip runs alone: padding would change a clip's tokens (torchaudio's
+    Conformer masks padded frames in attention only, its depthwise convolution and the last
+    stacked frame still read them), so a clip's tokens would depend on the other clips of its
+    batch. Training keeps the padded batch (one pass; the noise is harmless there)."""
+    if not adapter.training and len(features) > 1:
+        return [speech_embeddings(adapter, [f], device)[0] for f in features]
     states, prosody, lengths = collate_features(features, device)
     embeddings, out_lengths = adapter(states, prosody, lengths, collate_utterance(features, device))
     return [embeddings[i, : int(n)] for i, n in enumerate(out_lengths)]

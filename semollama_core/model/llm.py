@@ -154,7 +154,23 @@ def load_llm(config: SEmoConfig, *, attn_implementation: str = "sdpa") -> Frozen
         log.warning("%s is a %s model, not Llama-family; continuing.", config.llm, model.config.model_type)
     freeze(model)
     flatten_lm_head(model)
+    if config.quantization == "nf4" and device == "cpu":
+        batch_invariant_nf4(model)
     return FrozenLLM(model, tokenizer, config.llm, config.quantization, device)
+
+
+def batch_invariant_nf4(model) -> None:
+    """Keep bitsandbytes' NF4 layers on the dequantize-then-fp32-matmul path at inference.
+
+    On CPUs with AVX512-BF16, bitsandbytes >= 0.48 repacks NF4 weights at the first no-grad
+    forward and then multiplies with a fused kernel that rounds activations to bf16 and tiles
+    by the number of rows: a prompt's label log-likelihoods then moved by up to 0.15 nats with
+    the batch it ran in (measured on the 8 example clips), enough to flip near-tie labels. On
+    the fp32 path they move by 2e-4 at most, and inference computes what training (which
+    needs gradients, so never repacks) computed."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _quantization_kwargs(quantization: str, device: str) -> dict:
