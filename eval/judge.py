@@ -15,10 +15,7 @@ from typing import Sequence
 
 import torch
 
-from semollama_core import prompts
-from semollama_core import EMBEDDED_LLM
-from semollama_core import splice_speech
-from semollama_core import label_log_likelihoods
+from semollama_core import EMBEDDED_LLM, prompts
 
 from .common import batches
 
@@ -85,14 +82,11 @@ class Judge:
         tokenizer = self.llm.tokenizer
         texts = [prompts.render_chat(tokenizer, prompts.sanitize_user_text(u, 4000), JUDGE_SYSTEM_PROMPT,
                                      assistant_start) for u in users]
-        width = self.llm.hidden_size
-        batch = splice_speech([self._ids(t) for t in texts], [torch.zeros(0, width)] * len(texts),
-                              [[] for _ in texts], self.llm.embed_tokens)
-        scores = label_log_likelihoods(self.llm.model, batch.inputs_embeds, batch.attention_mask, label_ids)
+        scores = self.llm.text_label_log_likelihoods([self._ids(t) for t in texts], label_ids)
         return torch.softmax(scores.float().cpu(), dim=-1)
 
     def _ids(self, text: str) -> list[int]:
-        return self.llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.llm.token_ids(text)
 
 
 def load_judge(system) -> Judge:

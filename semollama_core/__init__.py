@@ -39,8 +39,7 @@ _EXPORTS = {
     "atomic_write": "files", "atomic_write_text": "files", "unweighted_accuracy": "metrics",
     "quiet_libraries": "logs",
     # building blocks for a second frozen LLM (the judge) and the llama.cpp peer
-    "prompts": "model.prompts", "load_llm": "model.llm", "label_log_likelihoods": "model.generation",
-    "splice_speech": "model.embeds", "unpadded_rows": "model.embeds",
+    "prompts": "model.prompts", "load_llm": "model.llm", "unpadded_rows": "model.embeds",
     "LlamaCppModel": "model.llama_cpp_decode", "LlamaCppSpeechLLM": "model.llama_cpp_decode",
     "LlamaCppUnavailable": "model.llama_cpp_decode", "GreedyRun": "model.llama_cpp_decode",
     "embedded_gguf_path": "model.llama_cpp_decode", "llama_cpp_module": "model.llama_cpp_decode",

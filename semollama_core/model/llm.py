@@ -58,6 +58,20 @@ class FrozenLLM:
     def footprint_mb(self) -> float:
         return self.model.get_memory_footprint() / 2**20
 
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_label_log_likelihoods(self, prompt_ids: list[list[int]], label_ids: list[list[int]]) -> torch.Tensor:
+        """[prompts, labels] log-likelihood of each label's tokens after each text prompt
+        (token ids), in one left-padded pass with a shared prefix: label scoring for a
+        second frozen LLM such as the judge."""
+        from .embeds import splice_speech
+        from .generation import label_log_likelihoods
+
+        batch = splice_speech(prompt_ids, [torch.zeros(0, self.hidden_size)] * len(prompt_ids),
+                              [[] for _ in prompt_ids], self.embed_tokens)
+        return label_log_likelihoods(self.model, batch.inputs_embeds, batch.attention_mask, label_ids)
+
 
 def gguf_location() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
