@@ -194,4 +194,4 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, rate: int =
     snr_db (the usual definition: silence in the clip does not lower the SNR)."""
     speech_power = 10 ** (speech_level_db(speech, rate) / 10)
     noise_power = float(np.mean(np.asarray(noise, dtype=np.float64) ** 2)) or 1e-20
-    return speech + noise * np.float32(np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10)))
+    return speech + noise * float(np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10)))  # keeps the dtype
