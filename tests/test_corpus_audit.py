@@ -12,19 +12,20 @@ from semollama_core.corpus import audit, channel
 
 RATE = 16000
 EMOTIONS = {"neutral": 0.0, "happy": 4.5, "sad": -3.0, "angry": 2.0}  # F0 shift, semitones
-SENTENCES = 16
+SENTENCES = 20
 
 
 def _utterance(rng: np.random.Generator, syllables: int, shift_st: float) -> np.ndarray:
     """A voiced, speech-like signal: harmonic syllables with a falling F0 contour."""
     pieces = []
     f0 = 120 * 2 ** ((shift_st + rng.uniform(-1, 1)) / 12)
+    harmonics = int(7000 / (1.2 * f0))  # up to 7 kHz whatever the pitch, as speech is
     for k in range(syllables):
         n = int(rng.uniform(0.12, 0.25) * RATE)
         t = np.arange(n) / RATE
         contour = f0 * (1 + 0.15 * np.sin(np.pi * k / syllables)) * (1 - 0.1 * t)
         phase = 2 * np.pi * np.cumsum(contour) / RATE
-        voiced = sum(np.sin(h * phase) / h for h in range(1, 12))
+        voiced = sum(np.sin(h * phase) / h for h in range(1, harmonics))
         pieces += [voiced * np.hanning(n), np.zeros(int(rng.uniform(0.02, 0.08) * RATE))]
     return (0.1 * np.concatenate(pieces)).astype(np.float32)
 
@@ -50,10 +51,10 @@ def _corpus(folder, planted: bool):
     for sentence in range(SENTENCES):
         syllables = int(rng.integers(5, 14))
         for emotion, shift in EMOTIONS.items():
-            speech = _utterance(rng, syllables, shift)
             if planted:
-                clip = _planted(speech, emotion)
-            else:
+                clip = _planted(_utterance(rng, syllables, shift), emotion)
+            else:  # the label rides on nothing: any leak would be the channel's
+                speech = _utterance(rng, syllables, float(rng.uniform(-3, 4.5)))
                 clip = channel.apply_channel(speech, channel.draw_channel(rng, noise_prob=0.5))
             name = f"clips/s{sentence:02d}-{emotion}.wav"
             sf.write(str(folder / name), clip, RATE, subtype="PCM_16")
@@ -83,7 +84,7 @@ def test_audit_catches_a_label_tied_filter_and_passes_a_label_free_channel(corpo
     assert lo <= caught["ua"] <= hi
     assert {"manifest_sha256", "commit", "command", "date", "machine"} <= set(caught["meta"])
     passed = audit.audit_manifest(clean)
-    assert passed["ua"] <= 0.4, passed
+    assert passed["ua"] <= 0.42, passed  # chance is 0.25; n=80 and the max of two classifiers
     assert passed["ua"] < caught["ua"] - 0.3
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_text
+
 __all__ = ["AuditError", "FEATURES", "WARN_UA", "clip_features", "audit_manifest", "main"]
 
 FEATURES = ("zero_run_max_s", "zero_share", "clipped_share", "rolloff_995_hz", "peak_dbfs",
@@ -302,14 +304,7 @@ def write_audit(manifest: str | os.PathLike, out: str | os.PathLike, *, split: s
         raise AuditError(f"{manifest}: manifest not found")
     result = audit_manifest(manifest, split=split)
     result["meta"] = audit_meta(manifest, argv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return result
 
 

