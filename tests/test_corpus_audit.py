@@ -113,3 +113,12 @@ def test_bad_manifest_is_a_one_line_error(tmp_path):
     one_label.write_text(json.dumps({"audio": "a.wav", "emotion": "sad", "transcript": "x"}) + "\n")
     with pytest.raises(audit.AuditError, match="at least 2 labels"):
         audit.audit_manifest(one_label)
+    sf.write(str(tmp_path / "short.wav"), np.full(RATE // 10, 0.1, np.float32), RATE)
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"audio": "a.wav", "emotion": "sad", "transcript": "x"}) + "\n"
+                     + json.dumps({"audio": "short.wav", "emotion": "happy", "transcript": "y"}) + "\n")
+    result = subprocess.run([sys.executable, "-m", "semollama_core", "audit", str(short),
+                             "--out", str(tmp_path / "s.json")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and "shorter than the minimum" in result.stderr
+    assert "\n" not in result.stderr.strip() and not (tmp_path / "s.json").exists()

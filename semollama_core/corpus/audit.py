@@ -119,7 +119,12 @@ def clip_features(samples: np.ndarray, rate: int) -> dict[str, float]:
 def _file_features(path: Path) -> dict[str, float]:
     import soundfile as sf
 
+    from ..model.audio import MIN_DURATION_S
+
     samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if len(samples) < MIN_DURATION_S * rate:
+        raise AuditError(f"{path}: {len(samples) / rate:.2f} s long, shorter than the minimum "
+                         f"{MIN_DURATION_S} s")
     return clip_features(samples.mean(axis=1), rate)
 
 
