@@ -29,8 +29,23 @@ def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, 
     return torch.cat(rows)
 
 
+def _source(utt) -> str:
+    """Which corpus a clip came from (the `source` column of a mixed manifest, else `corpus`)."""
+    return str(utt.extra.get("source") or utt.extra.get("corpus") or "")
+
+
+def balanced_weights(utts: list, labels: list[str]) -> torch.Tensor:
+    """One weight per clip so that every (source, label) cell weighs the same: a few hundred
+    real clips are not drowned by thousands of synthetic ones, and no class by another."""
+    cells: dict[tuple[str, str], int] = {}
+    for u in utts:
+        cells[(_source(u), u.emotion)] = cells.get((_source(u), u.emotion), 0) + 1
+    w = torch.tensor([1.0 / cells[(_source(u), u.emotion)] for u in utts])
+    return w * len(w) / w.sum()
+
+
 def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list, *, epochs: int,
-                     seed: int = 0, device: str = "cpu") -> dict:
+                     seed: int = 0, device: str = "cpu", balance: bool = True) -> dict:
     """Fit the emotion head alone on utterance functionals (no LLM: seconds), then freeze it,
     so alignment teaches the rest of the adapter and the LLM's reading of a fixed posterior.
     Standardisation, input and hidden dropout, label smoothing and weight decay keep it from
@@ -39,6 +54,8 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
     train_clips = [c for c in train_clips if c[0].emotion in labels]
     x = head_inputs(adapter, [f for _, f, _ in train_clips], device)
     y = torch.tensor([labels.index(u.emotion) for u, _, _ in train_clips], device=x.device)
+    weights = (balanced_weights([u for u, _, _ in train_clips], labels) if balance
+               else torch.ones(len(train_clips))).to(x.device)
     adapter.head_mean.copy_(x.mean(0))
     adapter.head_std.copy_(x.std(0).clamp(min=1e-3))
     head = adapter.emotion_head
@@ -54,14 +71,20 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x), 64):
             b = order[i:i + 64].to(x.device)
-            loss = torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1)
+            loss = (torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1,
+                                                      reduction="none") * weights[b]).sum() / weights[b].sum()
             optimizer.zero_grad(), loss.backward(), optimizer.step()
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
     adapter.head_frozen = True
     report = {}
-    for split, clips in (("train", train_clips), ("dev", [c for c in dev_clips if c[0].emotion in labels])):
+    dev_clips = [c for c in dev_clips if c[0].emotion in labels]
+    parts = [("train", train_clips), ("dev", dev_clips)]
+    sources = sorted({_source(u) for u, _, _ in dev_clips})
+    if len(sources) > 1:  # each corpus apart: real speech is the goal, not the synthetic average
+        parts += [(f"dev_{src}", [c for c in dev_clips if _source(c[0]) == src]) for src in sources]
+    for split, clips in parts:
         if clips:
             with torch.no_grad():
                 pred = adapter.head_logits(head_inputs(adapter, [f for _, f, _ in clips], device)).argmax(-1)

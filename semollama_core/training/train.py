@@ -52,6 +52,7 @@ class TrainOptions:
     mixed_precision: str = "no"        # "bf16" on GPU
     quantization: str = "bf16"         # LLM precision while training: bf16 is 2x fp32 on AVX512-BF16 CPUs; nf4 works too
     head_epochs: int = 60              # emotion head fitted first on utterance functionals (emotion mode)
+    head_balance: int = 1              # 1: every (source, label) cell of the head's training clips weighs the same
     init: str = ""                     # start from this adapter folder (weights matched by name and shape)
     lexical: str = ""                  # "asr": the LLM also reads each clip's ASR hypothesis (prompts.LEXICAL_TASKS)
     lexical_clips: int = 0             # with lexical: transcribe at most this many clips (0: all); others train SER only
@@ -299,7 +300,7 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
             adapter.emotion_head.requires_grad_(False)
         else:
             head_report = fit_emotion_head(adapter, clips["train"], clips["dev"], epochs=options.head_epochs,
-                                           seed=options.seed, device=device)
+                                           seed=options.seed, device=device, balance=bool(options.head_balance))
             print(json.dumps(head_report))
             (out / "emotion_head.json").write_text(json.dumps(head_report, indent=2))
     adapter.train()
