@@ -6,7 +6,7 @@
   llama-cpp-python is installed), of the torch decoder at NF4 and in full precision, against
   llama.cpp on the same GGUF file, same threads, same greedy prompt (token ids);
 - speech_llm decoded by llama.cpp from SEmoLlama's own spliced embeddings
-  (semollama_core/llama_cpp_decode.py), and, on test-split clips of the synthetic corpus, how
+  (semollama_core/model/llama_cpp_decode.py), and, on test-split clips of the synthetic corpus, how
   often its greedy answers and its SER labels equal the torch ones;
 - LLM memory footprint NF4 against full precision; batch SER throughput at 1, 4, 16.
 
@@ -24,12 +24,12 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from .common import EvalError, argument_parser, check_out_path, metadata, positive_int, run_cli, write_json
+from .llama_cpp_peer import llama_cpp_report
+from .timing import median_seconds, median_stream, rounded
 
 CLIP_SECONDS = 3.0
 CLIP_TEXT = "They changed the schedule again, and nobody told me."
@@ -64,52 +64,6 @@ class BenchOptions:
         """For tests: one cold repetition, short answers, the least work that still fills every figure."""
         return cls(repeats=1, max_new_tokens=12, threads=threads, ser_utterances=0, agreement_clips=1,
                    warm_each=False, respond=False)
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    """One streamed greedy answer: time to the first token and the rate of the later ones."""
-    time_to_first_token_s: float
-    tokens: int
-    tokens_per_s: float | None
-    total_s: float
-
-
-# ----------------------------------------------------------------------------- timing
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median_seconds(fn: Callable[[], object], options: BenchOptions) -> float:
-    if options.warm_each:
-        fn()
-    return statistics.median(timed(fn) for _ in range(options.repeats))
-
-
-def median_or_none(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def time_stream(stream) -> StreamTiming:
-    """Clock a generator that yields once per generated token."""
-    start = time.perf_counter()
-    stamps = [time.perf_counter() for _ in stream]
-    end = time.perf_counter()
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
-    return StreamTiming((stamps[0] if stamps else end) - start, len(stamps), rate, end - start)
-
-
-def median_stream(make_stream: Callable[[], object], options: BenchOptions) -> StreamTiming:
-    if options.warm_each:
-        time_stream(make_stream())
-    runs = [time_stream(make_stream()) for _ in range(options.repeats)]
-    return StreamTiming(statistics.median(r.time_to_first_token_s for r in runs),
-                        int(statistics.median(r.tokens for r in runs)),
-                        median_or_none(r.tokens_per_s for r in runs), statistics.median(r.total_s for r in runs))
 
 
 # ----------------------------------------------------------------------------- audio
@@ -208,7 +162,7 @@ def stage_times(system, clip_path: Path, options: BenchOptions, notes: list[str]
     generation = {}
     for name, prompt in prompts.items():
         timing = median_stream(lambda: system.stream(prompt, decoding), options)
-        generation[name] = {**_rounded(asdict(timing)), "answer": system.generate([prompt], decoding)[0]}
+        generation[name] = {**rounded(asdict(timing)), "answer": system.generate([prompt], decoding)[0]}
         stages[f"{name}_time_to_first_token"] = timing.time_to_first_token_s
         stages[f"{name}_generate"] = median_seconds(lambda: system.generate([prompt], decoding), options)
     end_to_end = {name: median_seconds(lambda: turn_answer(system, clip_path, name, decoding), options)
@@ -281,7 +235,7 @@ def generation_speed(system, options: BenchOptions) -> dict:
     decoding = DecodingOptions(max_new_tokens=options.max_new_tokens)
     timing = median_stream(lambda: system.stream(prompt, decoding, GREEDY_SYSTEM_PROMPT), options)
     answer = system.generate([prompt], decoding, GREEDY_SYSTEM_PROMPT)[0]
-    return {**_rounded(asdict(timing)), "prompt_tokens": len(ids), "decoder": system.describe()["decoder"],
+    return {**rounded(asdict(timing)), "prompt_tokens": len(ids), "decoder": system.describe()["decoder"],
             "answer": answer}
 
 
@@ -333,115 +287,6 @@ def torch_answers(systems: dict, features: list, options: BenchOptions) -> tuple
     return answers, labels
 
 
-def _rounded(values: dict, digits: int = 4) -> dict:
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
-
-
-# ----------------------------------------------------------------------------- the llama.cpp peer
-
-def llama_cpp_report(system, clip_path: Path, clips: list[AgreementClip], features: list, torch_runs: tuple[dict, dict],
-                     torch_text_answers: dict[str, str], threads: int, options: BenchOptions) -> dict:
-    """llama.cpp on the same GGUF and threads: the greedy text prompt, speech_llm from spliced
-    embeddings, and agreement with the torch decoder."""
-    from semollama_core import LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, llama_cpp_module
-
-    try:
-        version = getattr(llama_cpp_module(), "__version__", None)
-    except LlamaCppUnavailable as e:
-        return {"available": False, "note": f"not measured: {e}"}
-    own = system.llama_cpp is None  # the default system already holds the model when it decodes with it
-    model = LlamaCppModel(n_threads=threads) if own else system.llama_cpp
-    try:
-        peer = LlamaCppSpeechLLM(system, model=model)
-        _, ids = greedy_prompt(system)
-        text = _median_runs(lambda: model.generate_from_tokens(ids, options.max_new_tokens, system.stop_ids),
-                            options)
-        text["answer"] = peer.decode(model.generate_from_tokens(ids, options.max_new_tokens, system.stop_ids))
-        text["same_answer_as_torch"] = {q: answer == text["answer"] for q, answer in torch_text_answers.items()}
-        speech = _speech_on_llama_cpp(peer, clip_path, options)
-        agreement = _agreement(peer, clips, features, *torch_runs, options)
-        return {"available": True, "version": version, "gguf": str(model.path), "threads": model.n_threads,
-                "footprint_mb": round(model.footprint_mb(), 1), "greedy_text_prompt": text,
-                "speech_llm": speech, **agreement}
-    finally:
-        if own:
-            model.close()
-
-
-def _median_runs(run: Callable[[], object], options: BenchOptions) -> dict:
-    """Medians over GreedyRun results; time to first token counts everything before the first pick."""
-    if options.warm_each:
-        run()
-    results = []
-    for _ in range(options.repeats):
-        start = time.perf_counter()
-        result = run()
-        results.append((time.perf_counter() - start, result))
-    return _rounded({"time_to_first_token_s": statistics.median(total - r.decode_s for total, r in results),
-                     "tokens": int(statistics.median(len(r.token_ids) for _, r in results)),
-                     "tokens_per_s": median_or_none(r.tokens_per_s for _, r in results),
-                     "total_s": statistics.median(total for total, _ in results)})
-
-
-def _speech_on_llama_cpp(peer, clip_path: Path, options: BenchOptions) -> dict:
-    from semollama_core import PromptInput
-
-    system = peer.system
-    features = system.features(system.load(str(clip_path)))
-    prompt = PromptInput("speech_llm", features)
-    figures = _median_runs(lambda: peer.run(prompt, options.max_new_tokens), options)
-
-    def end_to_end():
-        clip = system.load(str(clip_path))
-        return peer.run(PromptInput("speech_llm", system.features(clip)), options.max_new_tokens)
-
-    figures["end_to_end_s"] = round(median_seconds(end_to_end, options), 4)
-    figures["answer"] = peer.generate(prompt, options.max_new_tokens)
-    return figures
-
-
-def _agreement(peer, clips: list[AgreementClip], features: list, torch_answers: dict[str, list[str]],
-               torch_labels: dict[str, list[str]], options: BenchOptions) -> dict:
-    """How often llama.cpp's greedy speech_llm answer, and its SER label, equal the torch ones, clip by clip."""
-    from semollama_core import PromptInput, unpadded_rows
-
-    system = peer.system
-    ours = [peer.generate(PromptInput("speech_llm", f), options.max_new_tokens) for f in features]
-    label_ids = system.label_token_ids(system.config.labels)
-    start = time.perf_counter()
-    rows = [unpadded_rows(system.encode_ser_prompts([PromptInput("speech_llm", f)]))[0] for f in features]
-    labels = [system.config.labels[int(peer.model.label_log_likelihoods(row, label_ids).argmax())] for row in rows]
-    ser_seconds = time.perf_counter() - start
-    rates = {f"torch_{q}": _share(answers, ours) for q, answers in torch_answers.items()}
-    prefixes = {f"torch_{q}": statistics.mean(common_prefix_share(a, b) for a, b in zip(answers, ours))
-                for q, answers in torch_answers.items()}
-    examples = [{"clip": c.audio.name, "llama_cpp": ours[i], **{f"torch_{q}": a[i] for q, a in torch_answers.items()}}
-                for i, c in enumerate(clips[:3])]
-    truth = [c.emotion for c in clips]
-    accuracy = {name: _share(found, truth) if all(truth) else None
-                for name, found in {**{f"torch_{q}": v for q, v in torch_labels.items()}, "llama_cpp": labels}.items()}
-    return {"greedy_agreement": {"clips": len(clips), "same_answer_rate": _rounded(rates),
-                                 "mean_common_prefix_share": _rounded(prefixes), "examples": examples},
-            "ser_agreement": {"clips": len(clips), "labels": list(system.config.labels),
-                              "same_label_rate": _rounded({f"torch_{q}": _share(v, labels)
-                                                           for q, v in torch_labels.items()}),
-                              "accuracy": _rounded(accuracy),
-                              "llama_cpp_utt_per_s_from_features": round(len(clips) / ser_seconds, 3),
-                              "note": "SEmoLlama.predict_emotions runs on torch whatever the decoder: its batched "
-                                      "prompt pass reads prompts faster than llama.cpp one row at a time here"}}
-
-
-def _share(a: list, b: list) -> float:
-    return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
-
-
-def common_prefix_share(a: str, b: str) -> float:
-    """Share of the longer answer's words before the two answers first differ (1.0: identical)."""
-    x, y = a.split(), b.split()
-    same = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
-    return same / max(len(x), len(y), 1)
-
-
 # ----------------------------------------------------------------------------- the whole run
 
 def run_bench(options: BenchOptions) -> dict:
@@ -480,7 +325,8 @@ def run_bench(options: BenchOptions) -> dict:
         del full
         torch_runs = ({**answers, **more_answers}, {**labels, **more_labels})
         peer = llama_cpp_report(default, clip, clips, features, torch_runs,
-                                {q: generation[q]["answer"] for q in ("nf4", "none")}, threads, options)
+                                {q: generation[q]["answer"] for q in ("nf4", "none")}, threads, options,
+                                greedy_prompt(default)[1])
         peer["agreement_clips_from"] = clips_source
         describe = metadata(None, default)
     notes.append(f"'ours' is the default configuration; it decodes with {generation['ours']['decoder']}.")
@@ -512,15 +358,15 @@ def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from
                                   "torch_nf4": generation["nf4"]["time_to_first_token_s"],
                                   "torch_none": generation["none"]["time_to_first_token_s"],
                                   "llama_cpp": peer_text.get("time_to_first_token_s")},
-        "end_to_end_s": {**_rounded(end_to_end), "speech_llm_llama_cpp_decode": peer_speech.get("end_to_end_s")},
-        "stages_s": _rounded(stages),
+        "end_to_end_s": {**rounded(end_to_end), "speech_llm_llama_cpp_decode": peer_speech.get("end_to_end_s")},
+        "stages_s": rounded(stages),
         "generation_by_system": per_system,
         "greedy_text_prompt": {**generation, "system_prompt": GREEDY_SYSTEM_PROMPT, "user": GREEDY_USER_TEXT},
-        "batch_ser_utt_per_s": _rounded(ser_from_audio, 3),
-        "batch_ser_from_features_utt_per_s": _rounded(ser_from_features, 3),
-        "llm_footprint_mb": _rounded(footprint, 1),
+        "batch_ser_utt_per_s": rounded(ser_from_audio, 3),
+        "batch_ser_from_features_utt_per_s": rounded(ser_from_features, 3),
+        "llm_footprint_mb": rounded(footprint, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "respond_timings_s": _rounded(respond),
+        "respond_timings_s": rounded(respond),
         "llama_cpp": peer,
         "goals": goals(ratio, _ratio(peer_speech.get("tokens_per_s"), peer_rate), stages, ser_from_audio,
                        generation["ours"]["decoder"]),
