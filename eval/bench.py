@@ -98,19 +98,12 @@ def make_clips(folder: Path) -> tuple[Path, list[Path]]:
 def machine_info(threads: int) -> dict:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                  if line.startswith("model name")), platform.processor() or None)
+    from semollama_core import cpu_model
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu_model": model, "threads": threads, "torch_threads": torch.get_num_threads(),
+    return {"cpu_model": cpu_model(), "threads": threads, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "load_average_1_5_15": [round(x, 2) for x in load] if load else None}
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def peak_rss_mb() -> float:

