@@ -51,6 +51,10 @@ def record_run(manifest: str, out: Path, command: list[str]) -> dict:
     return info
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _total_elapsed(log: list[dict]) -> float:
     """Elapsed time restarts at every --resume: add up each segment's last value."""
     total, previous = 0.0, 0.0
@@ -81,14 +85,15 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         "metrics": metrics or {},
         # the emotion head is fitted before alignment (training/head.py: fit_emotion_head)
         "emotion_head": json.loads((run / "emotion_head.json").read_text()) if (run / "emotion_head.json").exists() else {},
+        "run": _read_json(run / "run_info.json"),
     }
     init_run = Path(options["init"]).parent if options.get("init") else None
-    if options.get("freeze_speech") and init_run and (init_run / "log.csv").exists():
+    if init_run and (init_run / "log.csv").exists():
         # stage 2 kept stage 1's speech path: its head fit and training belong on the card too
         stage1 = list(csv.DictReader(open(init_run / "log.csv")))
         info["stage1"] = {"run": str(init_run), "steps": int(stage1[-1]["step"]) if stage1 else 0,
-                          "wall_time_s": _total_elapsed(stage1)}
-        if not info["emotion_head"] and (init_run / "emotion_head.json").exists():
+                          "wall_time_s": _total_elapsed(stage1), "run": _read_json(init_run / "run_info.json")}
+        if options.get("freeze_speech") and not info["emotion_head"] and (init_run / "emotion_head.json").exists():
             info["emotion_head"] = json.loads((init_run / "emotion_head.json").read_text())
     (dest / "training_info.json").write_text(json.dumps(info, indent=2))
     if (run / "loss_curve.png").exists():
@@ -115,6 +120,20 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _data_lines(info: dict) -> list[str]:
+    """What the checkpoint was trained on, the exact commands, and the licences it inherits."""
+    runs = [r for r in (info.get("stage1", {}).get("run"), info.get("run")) if r]
+    if not runs:
+        return [f"- Recipe: `scripts/train_default.sh`; options {json.dumps(info.get('options', {}))}"]
+    last = runs[-1]
+    lines = [f"- Data: `{last['manifest']}` (sha256 `{last['manifest_sha256']}`): "
+             + ", ".join(f"{k} {v}" for k, v in last["clips"].items()),
+             "- Licence inherited from the data: " + "; ".join(last["licences"]),
+             "- Exact commands (`scripts/train_default.sh` runs them from an empty folder):"]
+    lines += [f"  - `{r['command']}` ({r['date']}; manifest sha256 `{r['manifest_sha256'][:16]}...`)" for r in runs]
+    return lines
+
+
 def write_model_card(dest: str | Path, results_dir: str | Path | None = None) -> Path:
     """README.md beside the adapter: data, recipe, steps, wall time, hardware, metrics."""
     dest = Path(dest)
@@ -131,13 +150,7 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         *([f"- Lexical path: after the speech tokens the LLM also reads the clip's ASR hypothesis (Whisper tiny.en, "
            f"the same ASR as `text_only`) for answers, transcripts and captions; emotion label scoring reads the "
            f"speech tokens only"] if config.get("lexical") == "asr" else []),
-        "- Data: the synthetic expressive corpus (`python -m semollama_core synth --out data/synth`: 424 lexically "
-        "ambiguous sentences, espeak-ng and flite voices, 4 emotions, noise/EQ/reverb; splits by sentence and voice; "
-        "2720 train / 336 dev / 336 test clips)",
-        f"- Recipe: `python -m semollama_core train data/synth/manifest.jsonl --mode "
-        f"{info['options'].get('mode')} --steps {info['options'].get('steps')}` (see `scripts/train_default.sh`); "
-        f"batch {info['options'].get('batch_size')}, lr {info['options'].get('lr')}, LLM in "
-        f"{info['options'].get('quantization')} while training",
+        *_data_lines(info),
         *([f"- Stage 2 of `{info['options']['init']}`: its speech path (emotion head, emotion token, frame tokens) "
            f"kept bit-identical, so label scoring is unchanged; only the lexical prompt "
            f"({config.get('lexical_prompt')} tokens between the speech and the words) was trained"]

@@ -412,5 +412,9 @@ def main(argv: list[str]) -> int:
     if options.mode not in ("emotion", "neutral"):
         raise ValueError("--mode must be emotion or neutral.")
     adapter = train(args.manifest, args.out, options, targets_dir=args.targets, resume=args.resume)
+    from .export import record_run
+
+    record_run(args.manifest, Path(args.out), ["python", "-m", "semollama_core", "train", *argv])
     print(json.dumps({"adapter": str(adapter)}))
     return 0
+
