@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_text
+from ..metrics import unweighted_accuracy
 
 __all__ = ["AuditError", "FEATURES", "WARN_UA", "clip_features", "audit_manifest", "main"]
 
@@ -158,11 +159,6 @@ def _read_rows(manifest: Path) -> _Rows:
                  [str(u.audio_path) for u in utterances], "clip")
 
 
-def _unweighted_accuracy(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> float:
-    recalls = [np.mean(predicted[labels == c] == c) for c in classes if np.any(labels == c)]
-    return float(np.mean(recalls))
-
-
 def _ua_interval(labels, predicted, groups, classes) -> list[float]:
     """95 % percentile interval of UA, resampling whole groups (they are not independent)."""
     keys, member = np.unique(groups, return_inverse=True)
@@ -230,14 +226,14 @@ def audit_features(features: np.ndarray, labels, groups) -> dict:
     results = {}
     for name, model in _classifiers().items():
         predicted = _out_of_fold(model, x, labels, groups)
-        results[name] = {"ua": round(_unweighted_accuracy(labels, predicted, classes), 4),
+        results[name] = {"ua": round(unweighted_accuracy(labels, predicted, classes), 4),
                          "ua_ci95": _ua_interval(labels, predicted, groups, classes)}
     best = max(results, key=lambda k: results[k]["ua"])
     tree = _classifiers()["tree_depth3"]
     single = {}
     for i, name in enumerate(FEATURES):  # which feature leaks, if any
         predicted = _out_of_fold(tree, x[:, [i]], labels, groups)
-        single[name] = round(_unweighted_accuracy(labels, predicted, classes), 4)
+        single[name] = round(unweighted_accuracy(labels, predicted, classes), 4)
     return {"ua": results[best]["ua"], "ua_ci95": results[best]["ua_ci95"], "n": int(len(labels)),
             "classifier": best, "chance": round(1 / len(classes), 4), "labels": classes,
             "classifiers": results, "single_feature_ua": single,
