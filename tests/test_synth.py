@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from semollama_core.corpus import audit, channel, synth, voices
+from semollama_core.corpus import audit, channel, plan, synth, voices
 from semollama_core.corpus.synth import SynthError, SynthOptions, synthesize_corpus
 from semollama_core.model.audio import mix_at_snr, speech_level_db
 
@@ -113,7 +113,7 @@ def test_every_engine_plan_keeps_persons_in_one_split(seed):
 
 
 def test_voice_pools_have_both_sexes_and_disjoint_timbres():
-    pools = synth._split_voices(voices.available_voices(BASIC), seed=0)
+    pools = plan._split_voices(voices.available_voices(BASIC), seed=0)
     groups = {split: {g[0].group for g in pool} for split, pool in pools.items()}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["dev"]
     for pool in pools.values():
