@@ -34,6 +34,7 @@ import numpy as np
 
 from ..files import atomic_write_text
 from ..metrics import unweighted_accuracy
+from ..model.audio import frame_levels_db
 
 __all__ = ["AuditError", "FEATURES", "WARN_UA", "clip_features", "audit_manifest", "main"]
 
@@ -60,14 +61,6 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
     return edges[1::2] - edges[0::2]
-
-
-def _frame_db(samples: np.ndarray, rate: int) -> np.ndarray:
-    size, hop = int(0.02 * rate), int(0.01 * rate)
-    if len(samples) < size:
-        samples = np.pad(samples, (0, size - len(samples)))
-    frames = np.lib.stride_tricks.sliding_window_view(samples, size)[::hop]
-    return 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
 
 
 def _rolloff(samples: np.ndarray, rate: int, share: float = 0.995) -> float:
@@ -99,7 +92,7 @@ def clip_features(samples: np.ndarray, rate: int) -> dict[str, float]:
     zero_runs = zero_runs[zero_runs >= ZERO_RUN_MIN]
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     rms = float(np.sqrt(np.mean(x ** 2))) if x.size else 0.0
-    db = _frame_db(x, rate)
+    db = frame_levels_db(x, rate)
     active = np.flatnonzero(db > db.max() - SILENCE_FLOOR_DB)
     hop_s = int(0.01 * rate) / rate
     lead = active[0] * hop_s if active.size else len(x) / rate
