@@ -169,7 +169,7 @@ def score_ablation(rows: list[dict]) -> dict:
               "interval": "95 % percentile bootstrap, 2000 resamples (seed 0), resampling sentences "
                           "(clips where the manifest has no transcript)"}
     if fit_ok:
-        report["emotion_fit_proxy"] = {"label": proxy_label(), "labels": fit_labels,
+        report["emotion_fit_proxy"] = {"label": proxy_label(None, fit_labels), "labels": fit_labels,
                                        "validation": validate_on_oracle(references, emotions, fit_labels, groups)}
     backends = {r.get("backend") for r in rows} - {None}
     if backends:

@@ -158,7 +158,7 @@ def emotion_fit_report(rows: list[dict]) -> dict | None:
         return None
     groups = resampling_groups(kept)
     emotions = [r["emotion"] for r in kept]
-    out = {"label": proxy_label(), "labels": labels, "systems": {}}
+    out = {"label": proxy_label(None, labels), "labels": labels, "systems": {}}
     answers = {"oracle": [r["oracle_response"] for r in kept]}
     answers.update({n: [r["responses"][n] for r in kept] for n in kept[0]["responses"]})
     for name, texts in answers.items():

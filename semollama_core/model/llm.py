@@ -181,7 +181,10 @@ def batch_invariant_nf4(model) -> None:
     by the number of rows: a prompt's label log-likelihoods then moved by up to 0.15 nats with
     the batch it ran in (measured on the 8 example clips), enough to flip near-tie labels. On
     the fp32 path they move by 2e-4 at most, and inference computes what training (which
-    needs gradients, so never repacks) computed."""
+    needs gradients, so never repacks) computed. Cost, measured on the 2-core VM: a prompt pass
+    (label scoring: 16 rows x 80 positions) is about 1.9x faster on this path, a one-token torch
+    decoding step about 2x slower (0.056 against 0.028 s); llama.cpp, the default decoder, is
+    not affected."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
