@@ -17,6 +17,7 @@ NEUTRAL_STEPS=${NEUTRAL_STEPS:-150}
 LEX_STEPS=${LEX_STEPS:-150}
 LEX_NEUTRAL_STEPS=${LEX_NEUTRAL_STEPS:-150}
 LEX_CLIPS=${LEX_CLIPS:-480}            # clips whose ASR hypotheses stage 2 reads (cached, resumable)
+TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the frozen LLM writes (the head sees every clip)
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
 MIX=data/mix
 python -m semollama_core synth --out data/synth_v2 --workers 2      # splits by sentence and by person; audit at the end
@@ -33,7 +34,7 @@ python -m semollama_core train-ser "$MIX/manifest.jsonl" --out assets/standalone
 # stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
 # corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm --targets data/targets \
-  --mode emotion --steps "$STEPS"
+  --mode emotion --steps "$STEPS" --target-clips "$TARGET_CLIPS"
 # stage 2: the lexical path (the LLM also reads the ASR hypothesis). The speech path of stage 1
 # stays bit-identical (so does label scoring); only 8 tokens between the speech and the words learn.
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm_lex --targets data/targets \
@@ -41,7 +42,7 @@ python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm_lex -
   --lexical-clips "$LEX_CLIPS" --steps "$LEX_STEPS" --lr 5e-3 --warmup 10 \
   --task-weights respond:0.7,asr:0.05,caption:0.25
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_aligned --targets data/targets \
-  --mode neutral --steps "$NEUTRAL_STEPS"
+  --mode neutral --steps "$NEUTRAL_STEPS" --target-clips "$TARGET_CLIPS"
 # the ablation's stage 2 trains its whole adapter with the words (a stronger baseline than ours)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_lex --targets data/targets \
   --mode neutral --lexical asr --lexical-clips "$LEX_CLIPS" --init runs/neutral_aligned/adapter \

@@ -58,6 +58,8 @@ class TrainOptions:
     lexical_clips: int = 0             # with lexical: transcribe at most this many clips (0: all); others train SER only
     lexical_prompt: int = 0            # with lexical: learnt tokens between the speech and the words
     freeze_speech: int = 0             # 1: keep every --init weight fixed; train only the lexical prompt
+    target_clips: int = 0              # alignment targets for at most this many training clips (0: all; the
+                                       # head still fits on every clip; other clips keep the targets they share)
 
     def weights(self) -> dict[str, float]:
         out = {}
@@ -266,7 +268,10 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     cache = TargetCache(targets_dir or out, fingerprint(config.llm, config.quantization, config.system_prompt, decoding))
     random.Random(0).shuffle(clips["dev"])  # the dev subset spans sentences and voices
     dev_for_targets = clips["dev"][: options.dev_limit]
-    generate_targets(system, needed_specs(clips["train"] + dev_for_targets, tuple(t for t in tasks if t != "asr")),
+    target_pool = clips["train"]
+    if 0 < options.target_clips < len(target_pool):  # targets cost the frozen LLM's decoding: bound them
+        target_pool = random.Random(options.seed).sample(target_pool, options.target_clips)
+    generate_targets(system, needed_specs(target_pool + dev_for_targets, tuple(t for t in tasks if t != "asr")),
                      cache, decoding)
     train_ex = build_examples(clips["train"], cache, tasks, bool(options.lexical))
     dev_ex = build_examples(dev_for_targets, cache, tasks, bool(options.lexical))
