@@ -8,7 +8,8 @@ unless set), then, with two gradio_client clients:
 2. the Evaluate client starts an evaluation of `--clips` clips (the bundled examples copied
    under new names into an uploaded manifest and zip; speech_llm, text_only, standalone);
 3. while it runs, the Talk client times `--turns` more turns;
-4. the evaluation is cancelled through the API, and the app is stopped.
+4. the evaluation is cancelled through the API, the Talk client times `--turns` idle turns
+   again (other work on a shared machine shifts both), and the app is stopped.
 A turn's latency is the client's time from submitting to the first streamed message that
 carries an answer's text. Writes {"idle_s": [..], "under_load_s": [..], "idle_median_s",
 "under_load_median_s", "ratio", "evaluation": {...}, "meta": {...}}; the acceptance bound is
@@ -86,6 +87,9 @@ def measure(clips: int, turns: int, work: Path) -> dict:
         talker, evaluator = Client(url, verbose=False), Client(url, verbose=False)
         layout = talk_layout(talker)
         talk_once(talker, audio, layout=layout)  # loads the models and warms the caches
+        # The app builds the bundled rating set in the background at start (batch work on the
+        # model slot, as an evaluation is): let it finish, so that "idle" is idle.
+        talker.predict("load_check", api_name="/rate_next")
         idle = [talk_once(talker, audio, layout=layout)["first_answer_s"] for _ in range(turns)]
         manifest, archive = evaluation_upload(work, clips)
         started = time.perf_counter()
@@ -104,6 +108,9 @@ def measure(clips: int, turns: int, work: Path) -> dict:
         progress = next((o[0] for o in reversed(job.outputs()) if isinstance(o[0], str) and "of" in o[0]), None)
         job.cancel()
         evaluator.predict(api_name="/evaluate_cancel")
+        load_during = os.getloadavg()[0]
+        time.sleep(3)  # the chunk in flight ends
+        idle += [talk_once(talker, audio, layout=layout)["first_answer_s"] for _ in range(turns)]
     finally:
         app.terminate()
         try:
@@ -114,6 +121,7 @@ def measure(clips: int, turns: int, work: Path) -> dict:
         raise RuntimeError("the evaluation ended before a Talk turn could be timed under load")
     idle_median, loaded_median = statistics.median(idle), statistics.median(loaded)
     return {"idle_s": idle, "under_load_s": loaded, "idle_median_s": idle_median,
+            "machine_load_avg_1min": {"during": load_during, "end": os.getloadavg()[0]},
             "under_load_median_s": loaded_median, "ratio": loaded_median / idle_median,
             "evaluation": {"clips": clips, "systems": SYSTEMS, "first_progress_s": first_progress_s,
                            "running_during_all_turns": still_running, "progress_when_cancelled": progress}}

@@ -312,12 +312,23 @@ def blind_copy(path: Path) -> Path:
     import soundfile as sf
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-    target = BLIND_AUDIO_DIR / f"{digest}.wav"
+    try:
+        data, rate = sf.read(str(path), always_2d=False)
+    except (RuntimeError, ValueError, sf.LibsndfileError):  # a format libsndfile cannot read: copy the bytes
+        data = rate = None
+    target = BLIND_AUDIO_DIR / (f"{digest}.wav" if data is not None else f"{digest}{_audio_suffix(path)}")
     if not target.is_file():
         BLIND_AUDIO_DIR.mkdir(parents=True, exist_ok=True)
-        data, rate = sf.read(str(path), always_2d=False)
-        write_atomic(target, lambda tmp: sf.write(str(tmp), data, rate, format="WAV", subtype="PCM_16"))
+        if data is None:
+            write_atomic(target, lambda tmp: shutil.copyfile(path, tmp))
+        else:
+            write_atomic(target, lambda tmp: sf.write(str(tmp), data, rate, format="WAV", subtype="PCM_16"))
     return target
+
+
+def _audio_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return suffix if suffix in (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".webm") else ""
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
