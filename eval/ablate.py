@@ -137,7 +137,7 @@ def score_ablation(rows: list[dict]) -> dict:
     groups = resampling_groups(rows)
     labels = list(next(iter(rows[0]["ser"].values()))["probs"]) if rows[0]["ser"] else []
     emotions = [r["emotion"] for r in rows]
-    fit_labels = check_labels(list(dict.fromkeys(emotions)))
+    fit_labels = check_labels(labels or list(dict.fromkeys(emotions)))
     fit_ok = len(fit_labels) >= 2 and all(e in fit_labels for e in emotions)
     references = [r["oracle_response"] for r in rows]
     names = [v for v in VARIANTS if v in rows[0]["ser"] or v in rows[0]["nll"]]

@@ -152,7 +152,8 @@ def emotion_fit_report(rows: list[dict]) -> dict | None:
     sentence-resampled 95 % intervals; `validation` is that share for the oracle answers."""
     from .emotion_fit import check_labels, emotion_fit, proxy_label, validate_on_oracle
 
-    labels = check_labels(list(dict.fromkeys(r["emotion"] for r in rows)))
+    # the run's label set (every configured label) when recorded, else the labels present
+    labels = check_labels(rows[0].get("label_set") or list(dict.fromkeys(r["emotion"] for r in rows)))
     kept = [r for r in rows if r["emotion"] in labels]
     if len(labels) < 2 or not kept:
         return None
@@ -297,6 +298,8 @@ def _evaluate(args, out: Path) -> dict:
     predictions = run_alignment(system, rows, systems=systems, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, given_transcripts=args.given_transcripts,
                                 standalone=standalone)
+    for row in predictions:
+        row["label_set"] = list(labels)
     judge_label = None
     if args.judge:
         from .judge import load_judge

@@ -175,7 +175,12 @@ def test_align_cli_contract(manifest, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert {"speech_llm", "text_only", "neutral_aligned", "oracle"} <= set(report["nll"])
-    assert report["nll"]["oracle"] < report["nll"]["speech_llm"]  # the greedy answer of its own prompt
+    # Not asserted here: oracle < speech_llm on 2 clips. A greedy answer is not the likeliest
+    # sequence under every prompt, and an adapter trained to imitate oracle answers can make them
+    # likelier than the oracle prompt itself on a clip. The floor on average, on the shipped
+    # configuration, is tests/test_eval_hygiene.py's; here: one backend decoded and scored.
+    assert 0 < report["nll"]["oracle"] < 20 and report["backend"].startswith("oracle answers and every answer")
+    assert report["nll"]["speech_only"] is not None and report["emotion_fit_proxy"]["validation"]["n"] == 2
     for name in ("speech_llm", "text_only"):
         metrics = report["response_metrics"][name]
         assert 0 <= metrics["rouge1"] <= 1 and -1 <= metrics["semantic_similarity"] <= 1
