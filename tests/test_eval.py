@@ -159,6 +159,8 @@ def test_ser_cli_contract_and_rescoring(manifest, tmp_path):
     assert {"speaker", "snr_db", "engine"} <= set(report["breakdowns"])
     assert set(report["breakdowns"]["snr_db"]) == {"5-10 dB", "20-30 dB"}
     assert {"config", "manifest", "timestamp", "machine"} <= set(report["metadata"])
+    assert all(s["ua_ci95"][0] <= s["ua"] <= s["ua_ci95"][1] for s in report["systems"].values())
+    assert {"adapter_sha256", "manifest_sha256", "commit", "machine", "command", "date"} <= set(report["meta"])
     assert Path(report["figure"]["html"]).is_file()
 
     again = tmp_path / "rescored.json"
@@ -206,6 +208,8 @@ def test_probe_and_robustness_cli_contracts(manifest, tmp_path):
         for curve in rob["ua"][kind].values():
             assert set(curve) == {"clean", "0"} and all(0 <= v <= 1 for v in curve.values())
     assert (rob_dir / "robustness.html").is_file()
+    lo, hi = rob["ua_ci95"]["babble"]["speech_llm"]["0"]
+    assert lo <= rob["ua"]["babble"]["speech_llm"]["0"] <= hi and rob["meta"]["adapter_sha256"]
 
 
 @pytest.mark.parametrize("module", ["eval.ser", "eval.align", "eval.probe", "eval.robustness"])
