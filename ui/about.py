@@ -17,17 +17,32 @@ Paralinguistic Aspects of Speech”** ([arXiv 2410.01162](https://arxiv.org/abs/
 Interspeech 2025; the system is called SpeechEmotionLlama there).
 
 A speech encoder turns your voice into vectors that stand where text would in the chat prompt of a
-**frozen** instruction-tuned LLM. The encoder is trained by *behavioural alignment*: given only the
-speech, the LLM should answer what it answers to the transcript **with the emotion stated**. The
-LLM's weights never change, so the same model can also answer text, and the speech tokens must carry
-both what was said and how.
+**frozen** instruction-tuned LLM. The encoder is trained by *behavioural alignment*: given the speech,
+the LLM should answer what it answers to the transcript **with the emotion stated**. The LLM's weights
+never change. In the paper the speech tokens carry both what was said and how. Ours (a small encoder
+trained on synthetic speech) do not carry the words reliably, so by default the LLM also reads the
+words of a Whisper ASR: the default system is a soft cascade, and `speech_only` below is the paper's
+configuration.
 
-**What the tabs compare**
-- *SEmoLlama*: speech embeddings from the trained encoder → frozen LLM.
-- *Text-only*: the Whisper transcript → frozen LLM (the words alone, no emotion).
-- *Cascade*: the transcript plus a label from a standalone speech emotion model (openSMILE eGeMAPS
-  features + a linear classifier) → the emotion-conditioned text prompt → frozen LLM.
+**What the LLM reads in each system** (the same frozen LLM in all; only its input differs)
+- *SEmoLlama* (`speech_llm`, the default): the trained encoder's speech tokens, one emotion token
+  from the encoder's supervised emotion head, and the Whisper ASR words after them.
+- *Speech only* (`speech_only`): the same speech tokens and emotion token, no words: the paper's
+  configuration.
+- *Emotion head* (`emotion_head`): no LLM; the encoder's supervised emotion head alone (emotion
+  only). It shows how much of the emotion accuracy the head gives before the LLM reads anything.
+- *Text-only* (`text_only`): the Whisper ASR words alone, no emotion.
+- *Cascade* (`cascade`): the ASR words plus the label of a standalone speech emotion model (openSMILE
+  eGeMAPS features + a linear classifier), in the emotion-conditioned text prompt.
+- *How do I sound?* (the emotion chart in Talk): the LLM scores each emotion label after that
+  question, reading the emotion token and the speech tokens only, never the words.
 """
+
+# >>> MEASURED FIGURES GO HERE <<<
+# What each system scores on real (not synthetic) speech, filled in from the committed eval
+# JSONs: each figure with its 95 % interval, its split and the command that produced it.
+# Shown under the systems above; while empty, About says no figure on real speech is given here.
+MEASURED_ON_REAL_SPEECH = ""
 
 LIMITS = """\
 ## Honest limits
@@ -56,6 +71,14 @@ def model_card(path: Path = ASSETS / "speech_llm" / "README.md") -> str:
     return "## The shipped checkpoint\n" + text.strip()
 
 
+def measured_markdown(figures: str = MEASURED_ON_REAL_SPEECH) -> str:
+    """The measured figures on real speech, or a plain note that none are given here yet."""
+    if figures.strip():
+        return "## Measured on real speech\n" + figures.strip()
+    return ("## Measured on real speech\nNo figures on real speech are given here yet; the model card "
+            "below reports what was measured on synthetic speech.")
+
+
 def configuration_markdown(config: SEmoConfig) -> str:
     return ("## The models in this app\n"
             f"- Frozen LLM: {markdown_text(config.llm)}, quantization {markdown_text(config.quantization)}\n"
@@ -66,6 +89,7 @@ def configuration_markdown(config: SEmoConfig) -> str:
 
 def build_about_tab(config: SEmoConfig) -> None:
     gr.Markdown(PAPER)
+    gr.Markdown(measured_markdown(), elem_id="about-measured")
     gr.Markdown(configuration_markdown(config))
     gr.Markdown(model_card(), elem_id="about-model-card")
     gr.Markdown(LIMITS)

@@ -15,11 +15,14 @@ from semollama_core import (SAMPLE_RATE, AnswerEvent, DecodingOptions, EmotionEv
 from .backend import Backend, markdown_text
 from .common import MODEL_CONCURRENCY, holds_model, user_errors
 
+# What the frozen LLM reads in each system; never "speech only" for one that reads words.
 SYSTEM_TITLES = {
-    "speech_llm": "SEmoLlama (speech → frozen LLM)",
-    "text_only": "Text-only baseline (ASR → LLM)",
-    "cascade": "Cascade (ASR + standalone SER → LLM)",
+    "speech_llm": "SEmoLlama (speech tokens + emotion token + ASR words → LLM)",
+    "text_only": "Text-only (ASR words → LLM)",
+    "cascade": "Cascade (ASR words + standalone SER label → LLM)",
 }
+SPEECH_LLM_WITHOUT_WORDS = "SEmoLlama (speech tokens + emotion token → LLM; this adapter reads no words)"
+CHART_TITLE = "How do I sound? LLM label scores from the emotion and speech tokens (no words)"
 MAX_SYSTEM_PROMPT_CHARS = 2000
 EMOTION_COLOURS = {"neutral": "#8c8c8c", "happy": "#f2b705", "sad": "#3b6fb6", "angry": "#d64541"}
 
@@ -124,7 +127,7 @@ def emotion_chart(view: TalkView) -> go.Figure | None:
         figure.add_bar(x=list(view.standalone.probs), y=list(view.standalone.probs.values()),
                        name="standalone SER", marker_color="rgba(0,0,0,0.25)")
     figure.update_layout(yaxis=dict(range=[0, 1], title="probability"), height=280,
-                         margin=dict(l=40, r=10, t=30, b=30), title="Emotion (label scoring by the frozen LLM)",
+                         margin=dict(l=40, r=10, t=30, b=30), title=CHART_TITLE,
                          showlegend=view.standalone is not None, barmode="group")
     return figure
 
@@ -215,6 +218,13 @@ def build_talk_tab(backend: Backend, demo: gr.Blocks, last_run: gr.State) -> Non
         return describe_markdown(backend), gr.update(value=backend.system.config.max_new_tokens)
 
     demo.load(user_errors(on_load), None, [configuration, max_new_tokens], api_name="describe", **MODEL_CONCURRENCY)
+
+    def speech_llm_title():
+        # The title says what the LLM reads: the words only where the loaded adapter reads them.
+        reads = backend.system.reads_words("speech_llm")
+        return gr.update(label=SYSTEM_TITLES["speech_llm"] if reads else SPEECH_LLM_WITHOUT_WORDS)
+
+    demo.load(user_errors(speech_llm_title), None, boxes[0], api_visibility="private", **MODEL_CONCURRENCY)
 
 
 def _safe_examples(backend: Backend):
