@@ -5,6 +5,7 @@ run by faster-whisper. Hub mode: a Hugging Face Whisper encoder (padded to 30 s,
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 from pathlib import Path
@@ -17,6 +18,10 @@ from .llm import ModelUnavailableError
 
 FRAME_RATE = 50              # encoder frames per second (10 ms mels, stride-2 convolution)
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's positional embeddings cover 30 s
+WINDOW_FRAMES = 1500         # encoder frames of a whole 30 s window
+MIN_WINDOW_SAMPLES = 400     # one STFT window; a shorter tail window is dropped
+TOKENS_PER_SECOND = 12       # an answer longer than this (plus a margin) is a decoding loop
+COMPRESSION_LIMIT = 2.4      # faster-whisper's: a more compressible transcript is a loop
 _MODELS: dict[tuple, object] = {}
 _LOCK = threading.Lock()
 
@@ -60,15 +65,20 @@ class WhisperBackbone:
         if self._hf is not None:
             return self._hf.encode(audio)
         chunks = [audio[i:i + WINDOW_SAMPLES] for i in range(0, len(audio), WINDOW_SAMPLES)]
-        return np.concatenate([self._encode_window(c) for c in chunks if len(c) >= 400], axis=0)
+        return np.concatenate([self._encode_window(c) for c in chunks if len(c) >= MIN_WINDOW_SAMPLES], axis=0)
 
     def _encode_window(self, audio: np.ndarray) -> np.ndarray:
-        import ctranslate2
+        return encode_window(self._whisper, audio)
 
-        features = self._whisper.feature_extractor(audio, padding=0)
-        features = features[:, : 2 * (features.shape[1] // 2)]
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32))
-        return np.array(self._whisper.model.encode(view, to_cpu=True))[0]
+
+def encode_window(whisper, audio: np.ndarray) -> np.ndarray:
+    """[frames, width] CTranslate2 Whisper encoder states of at most 30 s, over the real length."""
+    import ctranslate2
+
+    features = whisper.feature_extractor(audio, padding=0)
+    features = features[:, : 2 * (features.shape[1] // 2)]
+    view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None], dtype=np.float32))
+    return np.array(whisper.model.encode(view, to_cpu=True))[0]
 
 
 class _HFWhisperEncoder:
@@ -98,11 +108,20 @@ class _HFWhisperEncoder:
         return np.concatenate(out, axis=0)
 
 
+def window_frames(n_samples: int) -> list[int]:
+    """Encoder frames of each 30 s window WhisperBackbone.encode makes of a clip (real length, even mels)."""
+    starts = range(0, n_samples, WINDOW_SAMPLES)
+    return [(min(WINDOW_SAMPLES, n_samples - i) // 160) // 2 for i in starts
+            if min(WINDOW_SAMPLES, n_samples - i) >= MIN_WINDOW_SAMPLES]
+
+
 class Transcriber:
-    """Greedy English ASR; the embedded model shares the backbone's weights in memory."""
+    """Greedy English ASR; the embedded model shares the backbone's weights in memory and, given
+    the backbone's encoder states of a clip, decodes from them without encoding it again."""
 
     def __init__(self, name: str = EMBEDDED_WHISPER, threads: int = 0, device: str = "cpu"):
         self.name = name
+        self._silence = None
         if name == EMBEDDED_WHISPER:
             self._whisper = _ct2_whisper(threads)
             self._pipe = None
@@ -115,10 +134,76 @@ class Transcriber:
                 raise ModelUnavailableError(f"Cannot load the ASR model {name!r}: not cached locally and "
                                             "the Hub is unreachable.") from None
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, states: np.ndarray | None = None) -> str:
+        """The words of a 16 kHz clip. The embedded model decodes the real-length encoder states of
+        WhisperBackbone.encode: pass them as `states` when the backbone has made them (the encoder
+        then runs once a turn); without them it encodes the clip so, itself. A decoding loop falls
+        back to faster-whisper's transcribe(), which encodes a padded 30 s window."""
         if self._pipe is not None:
             return self._pipe({"raw": audio, "sampling_rate": SAMPLE_RATE})["text"].strip()
+        frames = window_frames(len(audio))
+        if states is None:
+            windows = [audio[i:i + WINDOW_SAMPLES] for i in range(0, len(audio), WINDOW_SAMPLES)]
+            states = np.concatenate([encode_window(self._whisper, w) for w in windows
+                                     if len(w) >= MIN_WINDOW_SAMPLES] or [np.zeros((0, 1), np.float32)])
+        if sum(frames) == states.shape[0] and frames:
+            bounds = np.cumsum([0, *frames])
+            texts = [self._decode(states[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            if all(t is not None for t in texts):
+                return " ".join(t for t in texts if t).strip()
+        return self.transcribe_padded(audio)
+
+    def transcribe_padded(self, audio: np.ndarray) -> str:
+        """faster-whisper's own transcribe(): greedy, no timestamps, each 30 s window padded and
+        encoded again (the ASR before the encoder was shared; the fallback for decoding loops)."""
         segments, _ = self._whisper.transcribe(audio, beam_size=1, language="en", without_timestamps=True,
                                                vad_filter=False, condition_on_previous_text=False,
                                                temperature=0.0)
         return " ".join(s.text.strip() for s in segments).strip()
+
+    def _decode(self, states: np.ndarray) -> str | None:
+        """Greedy words of one window's encoder states; None when decoding ran into a loop.
+
+        The states cover the real length only, so the decoder gets the states of a silent 30 s
+        window after them: on the real length alone it loops (repeats the sentence to 448 tokens)
+        on most short clips, as Whisper never saw a window end early."""
+        import ctranslate2
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self._whisper
+        tokenizer, prompt, suppress = self._prompt
+        window = np.concatenate([states, self._silent_window()[states.shape[0]:]]).astype(np.float32)
+        budget = min(model.max_length - len(prompt), 8 + TOKENS_PER_SECOND * states.shape[0] // FRAME_RATE)
+        result = model.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(window[None])),
+                                      [prompt], beam_size=1, max_length=len(prompt) + budget,
+                                      suppress_blank=True, suppress_tokens=suppress,
+                                      max_initial_timestamp_index=50)[0]
+        tokens = result.sequences_ids[0]
+        text = tokenizer.decode(tokens).strip()
+        if len(tokens) >= budget or get_compression_ratio(text) > COMPRESSION_LIMIT:
+            return None
+        return text
+
+    @functools.cached_property
+    def _prompt(self) -> tuple[object, list[int], list[int]]:
+        """The tokenizer, the prompt (start of transcript, no timestamps) and the suppressed tokens
+        of faster-whisper's transcribe(language="en", without_timestamps=True)."""
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._whisper
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+        return (tokenizer, [*tokenizer.sot_sequence, tokenizer.no_timestamps],
+                list(get_suppressed_tokens(tokenizer, [-1])))
+
+    def _silent_window(self) -> np.ndarray:
+        """[1500, width] encoder states of a 30 s window of padding (all-zero log-mels, as
+        faster-whisper pads a short clip), computed once."""
+        import ctranslate2
+
+        with _LOCK:
+            if self._silence is None:
+                mels = np.zeros((1, self._whisper.model.n_mels, 2 * WINDOW_FRAMES), np.float32)
+                self._silence = np.array(self._whisper.model.encode(ctranslate2.StorageView.from_array(mels),
+                                                                    to_cpu=True))[0]
+            return self._silence

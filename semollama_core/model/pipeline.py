@@ -15,7 +15,7 @@ import torch
 from . import prompts
 from .audio import AudioInput, load_audio
 from .backbone import Transcriber, WhisperBackbone
-from ..config import ConfigError, SEmoConfig
+from ..config import EMBEDDED_WHISPER, ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech, unpadded_rows
 from .encoder import (SpeechFeatures, build_adapter, collate_features, collate_utterance, extract_features,
                       speech_embeddings)
@@ -134,7 +134,7 @@ class SEmoLlama:
         if transcribe is None:
             transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
         if transcribe:
-            features.transcript = self.transcribe(audio)
+            features.transcript = self.transcribe(audio, features)
         return features
 
     def features_many(self, clips: list[np.ndarray], transcribe: bool | None = None) -> list[SpeechFeatures]:
@@ -147,8 +147,11 @@ class SEmoLlama:
         with ThreadPoolExecutor(2) as pool:
             return list(pool.map(lambda c: self.features(c, transcribe), clips))
 
-    def transcribe(self, audio: np.ndarray) -> str:
-        return self.transcriber.transcribe(audio)
+    def transcribe(self, audio: np.ndarray, features: SpeechFeatures | None = None) -> str:
+        """The clip's ASR words. With the clip's `features`, an embedded ASR that is also the backbone
+        decodes their encoder states: the encoder runs once a turn, not twice (same words either way)."""
+        shared = features is not None and self.config.asr == self.config.backbone == EMBEDDED_WHISPER
+        return self.transcriber.transcribe(audio, features.backbone_states if shared else None)
 
     def speech_embeddings(self, features: list[SpeechFeatures], system: str = "speech_llm") -> list[torch.Tensor]:
         adapter = self.adapter_for(system)

@@ -42,7 +42,7 @@ def run_turn(system, audio: AudioInput, *, transcript: str | None, systems: tupl
     heard = None
     if transcript is None or any(system.reads_words(s) for s in systems if s in SPEECH_SYSTEMS):
         began = time.perf_counter()
-        heard = system.transcribe(clip)
+        heard = system.transcribe(clip, features)  # decodes the backbone's encoder states: no second encoding
         timings["asr"] = _since(began)
         features.transcript = heard  # what a lexical adapter reads: always the clip's own words
     text = prompts.sanitize_user_text(heard if transcript is None else transcript)
