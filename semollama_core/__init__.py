@@ -42,7 +42,7 @@ _EXPORTS = {
     "prompts": "model.prompts", "load_llm": "model.llm", "unpadded_rows": "model.embeds",
     "LlamaCppModel": "model.llama_cpp_decode", "LlamaCppSpeechLLM": "model.llama_cpp_decode",
     "LlamaCppUnavailable": "model.llama_cpp_decode", "GreedyRun": "model.llama_cpp_decode",
-    "embedded_gguf_path": "model.llama_cpp_decode", "llama_cpp_module": "model.llama_cpp_decode",
+    "embedded_gguf_path": "model.llama_cpp_decode", "llama_cpp_module": "model.llama_cpp_decode", "llama_cpp_problem": "model.llama_cpp_decode",
 }
 
 __all__ = sorted([*_EXPORTS, "load_system"])

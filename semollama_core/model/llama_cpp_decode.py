@@ -52,6 +52,36 @@ def llama_cpp_importable() -> bool:
     return True
 
 
+PROBE_TIMEOUT_S = 120
+
+
+@functools.lru_cache(maxsize=1)
+def llama_cpp_problem() -> str | None:
+    """Why llama.cpp cannot run on this machine, or None. Runs it once, in a child process, on a
+    prompt of ~100 tokens: batched prompt evaluation runs other kernels than one-token decoding
+    (seen: a native build whose batched matrix kernels fault on a VM's CPU while short prompts
+    pass), and a build that faults must not take the caller down with it."""
+    import subprocess
+    import sys
+
+    if not llama_cpp_importable():
+        return f"llama-cpp-python is not importable (install it with `{INSTALL_HINT}`)"
+    probe = ("import sys, llama_cpp; m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_batch=128, "
+             "verbose=False); m(' '.join(['hello'] * 100), max_tokens=2)")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, str(embedded_gguf_path())], capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"llama.cpp did not answer within {PROBE_TIMEOUT_S} s"
+    except Exception as e:  # the GGUF wheel is missing, or no child process can start
+        return f"llama.cpp could not be tried ({type(e).__name__}: {e})"
+    if done.returncode != 0:
+        status = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+        last = status if done.returncode < 0 else (done.stderr.strip().splitlines() or [status])[-1]
+        return f"llama.cpp failed here ({last[:200]})"
+    return None
+
+
 def embedded_gguf_path() -> Path:
     from .llm import GGUF_FILE, gguf_location
 
@@ -75,7 +105,8 @@ def choose_decoder(config: SEmoConfig, device: str) -> str:
                               f"install it with `{INSTALL_HINT}` or set decoder to auto or torch.")
         return "llama_cpp"
     fits = config.is_embedded and device == "cpu" and config.quantization == "nf4"
-    return "llama_cpp" if fits and llama_cpp_importable() else "torch"
+    # auto never picks a build that faults here (llama_cpp_problem runs it once in a child process)
+    return "llama_cpp" if fits and llama_cpp_importable() and llama_cpp_problem() is None else "torch"
 
 
 def context_size(config: SEmoConfig, speech_tokens_per_s: float = 12.5) -> int:
