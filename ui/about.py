@@ -49,9 +49,15 @@ LIMITS = """\
 - The embedded models are tiny so that the demo runs offline on a CPU: SmolLM2-135M-Instruct (4-bit)
   writes short, sometimes odd answers; Whisper tiny.en makes transcription errors and knows only English.
   The paper used Llama 3 8B Instruct and a 1B-parameter Conformer trained on 2,500 hours of speech.
-- The default encoder is trained on **synthetic** acted speech (espeak-style voices with the emotion
-  conventions of the vocal-affect literature), in four classes: neutral, happy, sad, angry. Real,
-  spontaneous emotion is subtler and more varied; expect much lower accuracy on it.
+- The default encoder is trained on **synthetic** acted speech (corpus v2: espeak-ng, MBROLA, flite,
+  festival, RHVoice and Piper voices, the emotion only in prosody, every other effect drawn independently
+  of the label) **and on real acted English speech**: RAVDESS actors 1-10 (each clip also once through a
+  random microphone, room, noise and codec), in four classes: neutral, happy, sad, angry. Its measured
+  accuracy on real voices it never heard is above; real, spontaneous emotion is subtler and more varied
+  than acted emotion, and other languages and recording conditions are harder still.
+- **Licence:** because it learnt from RAVDESS (CC BY-NC-SA 4.0), the shipped checkpoint inherits
+  RAVDESS's **non-commercial, share-alike** terms (and the MBROLA voices' non-commercial terms).
+  `OPEN=1 bash scripts/train_default.sh` builds a variant without any non-commercial data.
 - Emotion probabilities are the LLM's label scores after a softmax, not calibrated confidences.
 - Attention maps show where the model looks, not why it answers as it does.
 - Nothing here is a tool for judging people's feelings: do not use it to make decisions about anyone.

@@ -1,0 +1,55 @@
+"""UA per corpus and system from eval.ser raw predictions, with 95 % bootstrap intervals that
+resample clips (RAVDESS and CREMA-D speak two and one sentences, so resampling sentences, as
+eval.ser's ua_ci95 does, has too few units there), and the CREMA-D clips one by one.
+
+    python scripts/real_speech_table.py results/ravdess_test_ser.predictions.jsonl results/real_ser.predictions.jsonl
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from semollama_core import unweighted_accuracy
+
+LABELS = ("neutral", "happy", "sad", "angry")
+
+
+def clip_ci(truth, pred, resamples=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    truth, pred = np.array(truth), np.array(pred)
+    values = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(truth), len(truth))
+        values.append(unweighted_accuracy(truth[i], pred[i], LABELS))
+    return [round(float(np.nanpercentile(values, 2.5)), 3), round(float(np.nanpercentile(values, 97.5)), 3)]
+
+
+def main(paths):
+    table = defaultdict(lambda: defaultdict(list))
+    cremad = []
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line)
+            if r.get("emotion") not in LABELS:
+                continue
+            corpus = (r.get("extra") or {}).get("corpus") or r.get("corpus") or "?"
+            table[corpus][r["system"]].append((r["emotion"], r["predicted"]))
+            if corpus == "crema-d":
+                cremad.append((r["audio"], r["system"], r["emotion"], r["predicted"]))
+    out = {}
+    for corpus, systems in sorted(table.items()):
+        for system, rows in sorted(systems.items()):
+            t, p = zip(*rows)
+            out.setdefault(corpus, {})[system] = {"ua": round(unweighted_accuracy(t, p, LABELS), 3),
+                                                 "ua_ci95_clips": clip_ci(t, p), "n": len(t),
+                                                 "labels": sorted(set(t))}
+    print(json.dumps(out, indent=1))
+    for row in sorted(cremad):
+        print("\t".join(row))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
