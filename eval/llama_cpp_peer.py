@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from semollama_core import GreedyRun, LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, embedded_gguf_path, llama_cpp_module
+from semollama_core import (GreedyRun, LlamaCppModel, LlamaCppSpeechLLM, LlamaCppUnavailable, embedded_gguf_path,
+                            llama_cpp_module, llama_cpp_problem)
 
 from .timing import median_or_none, median_seconds, rounded
 
@@ -26,6 +27,9 @@ def llama_cpp_report(system, clip_path: Path, clips: list, features: list, torch
         version = getattr(llama_cpp_module(), "__version__", None)
     except LlamaCppUnavailable as e:
         return {"available": False, "note": f"not measured: {e}"}
+    problem = llama_cpp_problem()
+    if problem is not None:  # a build that faults on this CPU would take the bench down with it
+        return {"available": False, "note": f"not measured: {problem}"}
     own = system.llama_cpp is None  # the default system already holds the model when it decodes with it
     model = LlamaCppModel(n_threads=threads) if own else system.llama_cpp
     try:
