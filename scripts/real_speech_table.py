@@ -12,7 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from semollama_core import unweighted_accuracy
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+from semollama_core import unweighted_accuracy  # noqa: E402
 
 LABELS = ("neutral", "happy", "sad", "angry")
 
@@ -27,6 +28,18 @@ def clip_ci(truth, pred, resamples=2000, seed=0):
     return [round(float(np.nanpercentile(values, 2.5)), 3), round(float(np.nanpercentile(values, 97.5)), 3)]
 
 
+def paired_difference(a, b, truth, resamples=2000, seed=0):
+    """UA(a) - UA(b) on the same clips, with a 95 % interval resampling clips."""
+    rng = np.random.default_rng(seed)
+    a, b, truth = np.array(a), np.array(b), np.array(truth)
+    diffs = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(truth), len(truth))
+        diffs.append(unweighted_accuracy(truth[i], a[i], LABELS) - unweighted_accuracy(truth[i], b[i], LABELS))
+    point = unweighted_accuracy(truth, a, LABELS) - unweighted_accuracy(truth, b, LABELS)
+    return [round(point, 3), round(float(np.nanpercentile(diffs, 2.5)), 3), round(float(np.nanpercentile(diffs, 97.5)), 3)]
+
+
 def main(paths):
     table = defaultdict(lambda: defaultdict(list))
     cremad = []
@@ -36,16 +49,27 @@ def main(paths):
             if r.get("emotion") not in LABELS:
                 continue
             corpus = (r.get("extra") or {}).get("corpus") or r.get("corpus") or "?"
-            table[corpus][r["system"]].append((r["emotion"], r["predicted"]))
+            table[corpus][r["system"]].append((r["emotion"], r["predicted"], r["audio"]))
             if corpus == "crema-d":
                 cremad.append((r["audio"], r["system"], r["emotion"], r["predicted"]))
     out = {}
     for corpus, systems in sorted(table.items()):
         for system, rows in sorted(systems.items()):
-            t, p = zip(*rows)
+            t, p, _ = zip(*rows)
             out.setdefault(corpus, {})[system] = {"ua": round(unweighted_accuracy(t, p, LABELS), 3),
                                                  "ua_ci95_clips": clip_ci(t, p), "n": len(t),
                                                  "labels": sorted(set(t))}
+    for corpus, systems in sorted(table.items()):
+        if "speech_llm" not in systems:
+            continue
+        ref = {audio: (t, p) for t, p, audio in systems["speech_llm"]}
+        for other, rows in sorted(systems.items()):
+            if other == "speech_llm":
+                continue
+            common = [audio for _, _, audio in rows if audio in ref]
+            theirs = {audio: p for _, p, audio in rows}
+            out[corpus][other]["speech_llm_minus_this"] = paired_difference(
+                [ref[x][1] for x in common], [theirs[x] for x in common], [ref[x][0] for x in common])
     print(json.dumps(out, indent=1))
     for row in sorted(cremad):
         print("\t".join(row))

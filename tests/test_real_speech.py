@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
 # speech_llm UA on the 112 core-label clips of held-back actors 13-16 (results/ravdess_test_ser.json)
-REPORTED_UA = 0.0
+REPORTED_UA = 0.648  # adapter sha256 f9f7b796..., eval.ser on data/ravdess_split --split test (2026-12-03)
 FLOOR = REPORTED_UA - 0.05
 
 pytestmark = pytest.mark.skipif(not (RAVDESS / "manifest.jsonl").is_file(),

@@ -98,10 +98,12 @@ class Example:
     path: Path
     emotion: str | None
     transcript: str | None
+    kind: str | None = None  # "real" (a person) or "synthetic" (a speech synthesiser), from examples.jsonl
 
     @property
     def label(self) -> str:
-        return f"{self.emotion or 'unlabelled'}: {self.transcript or ''} ({self.name})"
+        kind = f"{self.kind} voice, " if self.kind else ""
+        return f"{self.emotion or 'unlabelled'}: {self.transcript or ''} ({kind}{self.name})"
 
 
 def markdown_text(text: Any) -> str:
@@ -222,7 +224,8 @@ class Backend:
     def _example(self, utterance: Utterance) -> Example:
         name = utterance.audio_path.relative_to(self.examples_dir.resolve()).as_posix() \
             if utterance.audio_path.is_relative_to(self.examples_dir.resolve()) else utterance.audio_path.name
-        return Example(name, utterance.audio_path, utterance.emotion, utterance.transcript)
+        return Example(name, utterance.audio_path, utterance.emotion, utterance.transcript,
+                       utterance.extra.get("kind"))
 
     def example_path(self, name: str) -> Path:
         """The file of one example by name; refuses anything not listed (no path tricks)."""

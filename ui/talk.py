@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from semollama_core import (SAMPLE_RATE, AnswerEvent, DecodingOptions, EmotionEvent, EmotionPrediction,
                             StandaloneEvent, TokenEvent, TranscriptEvent, TurnDone, TurnEvent)
 
+from .about import TRAINED_ON
 from .backend import Backend, markdown_text
 from .common import MODEL_CONCURRENCY, holds_model, user_errors
 
@@ -177,6 +178,7 @@ def build_talk_tab(backend: Backend, demo: gr.Blocks, last_run: gr.State) -> Non
                 system_prompt = gr.Textbox(label="System prompt (empty: the default)", lines=2,
                                            max_length=MAX_SYSTEM_PROMPT_CHARS)
             configuration = gr.Markdown("Loading the models…", elem_id="talk-config")
+            gr.Markdown(TRAINED_ON, elem_id="talk-trained-on")
         with gr.Column(scale=2):
             transcript = gr.Textbox(label="Transcript (Whisper tiny.en)", interactive=False, elem_id="talk-transcript")
             with gr.Row():

@@ -92,7 +92,7 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         # stage 2 kept stage 1's speech path: its head fit and training belong on the card too
         stage1 = list(csv.DictReader(open(init_run / "log.csv")))
         info["stage1"] = {"run": str(init_run), "steps": int(stage1[-1]["step"]) if stage1 else 0,
-                          "wall_time_s": _total_elapsed(stage1), "run": _read_json(init_run / "run_info.json")}
+                          "wall_time_s": _total_elapsed(stage1), "run_info": _read_json(init_run / "run_info.json")}
         if options.get("freeze_speech") and not info["emotion_head"] and (init_run / "emotion_head.json").exists():
             info["emotion_head"] = json.loads((init_run / "emotion_head.json").read_text())
     (dest / "training_info.json").write_text(json.dumps(info, indent=2))
@@ -122,7 +122,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _data_lines(info: dict) -> list[str]:
     """What the checkpoint was trained on, the exact commands, and the licences it inherits."""
-    runs = [r for r in (info.get("stage1", {}).get("run"), info.get("run")) if r]
+    runs = [r for r in (info.get("stage1", {}).get("run_info"), info.get("run")) if r]
     if not runs:
         return [f"- Recipe: `scripts/train_default.sh`; options {json.dumps(info.get('options', {}))}"]
     last = runs[-1]
