@@ -74,23 +74,24 @@ def _place(src: Path, dest: Path) -> None:
 def _augmented(rows: list[dict], out: Path, copies: int) -> list[dict]:
     """K channel-degraded copies of every real training clip (resumable: written clips are kept)."""
     from ..files import atomic_write
-    from ..model.audio import load_audio, save_wav
+    from ..model.audio import SAMPLE_RATE, load_audio, save_wav
     from .channel import apply_channel, draw_channel
 
     real = [r for r in rows if r["split"] == "train" and "engine" not in r and not r.get("augmented")]
     added = []
     for row in tqdm(real, desc="augment real clips", unit="clip", disable=not real):
         source_path = out / row["audio"]
+        # other real voices of the same corpus: babble from people, not noise
+        others = [r for r in real if r["source"] == row["source"] and r["speaker"] != row["speaker"]]
         for k in range(1, copies + 1):
             relative = Path("clips") / f"{row['source']}-aug" / f"{source_path.stem}-a{k}.wav"
             seed = zlib.crc32(f"{row['audio']}|{k}".encode())
             if not (out / relative).exists():
                 rng = np.random.default_rng(seed)
-                others = [r for r in real if r["source"] == row["source"] and r["speaker"] != row["speaker"]]
                 babble = None
-                if others:  # other real voices of the same corpus: babble from people, not noise
+                if others:
                     picks = rng.choice(len(others), size=min(3, len(others)), replace=False)
-                    babble = sum(np.resize(load_audio(out / others[int(i)]["audio"]), 16000 * 10) for i in picks)
+                    babble = sum(np.resize(load_audio(out / others[int(i)]["audio"]), SAMPLE_RATE * 10) for i in picks)
                 clip = apply_channel(load_audio(source_path), draw_channel(rng), babble)
                 atomic_write(out / relative, lambda tmp, c=clip: save_wav(tmp, c))
             added.append({**row, "audio": relative.as_posix(), "augmented": k})
