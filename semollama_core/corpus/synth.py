@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.audio import MIN_DURATION_S, SAMPLE_RATE, frame_levels_db
+from ..model.prosody import pitch_track
 from ..files import atomic_write, atomic_write_text
 from . import channel
 from .plan import (CORE_EMOTIONS, EMOTION_BANDS, SPLIT_FRACTIONS, ClipJob, ClipParams, EmotionBand, SynthError,  # noqa: F401
@@ -150,33 +151,10 @@ def _neutral_reference(voice: Voice, text: str) -> NeutralReference:
 # ---------------------------------------------------------------- measurements
 
 
-def _frames(samples: np.ndarray, size: int, hop: int) -> np.ndarray:
-    if len(samples) < size:
-        samples = np.pad(samples, (0, size - len(samples)))
-    count = 1 + (len(samples) - size) // hop
-    return np.lib.stride_tricks.sliding_window_view(samples, size)[::hop][:count]
-
-
 def f0_track(samples: np.ndarray, rate: int, fmin: float = 60.0, fmax: float = 500.0) -> np.ndarray:
-    """F0 in Hz every 10 ms by normalised autocorrelation; NaN where unvoiced or quiet."""
-    frames = _frames(np.asarray(samples, dtype=np.float64), int(0.04 * rate), int(0.01 * rate))
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    energy = np.sqrt(np.mean(frames ** 2, axis=1))
-    size = frames.shape[1]
-    spectrum = np.fft.rfft(frames, n=2 * size, axis=1)
-    autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :size]
-    # divide by the overlap length so long lags are not penalised
-    autocorr = autocorr / np.maximum(autocorr[:, :1], 1e-12) * size / (size - np.arange(size))
-    lo, hi = int(rate / fmax), min(int(rate / fmin), size - 2)
-    window = autocorr[:, lo - 1:hi + 1]
-    inner = window[:, 1:-1]
-    is_peak = (inner >= window[:, :-2]) & (inner >= window[:, 2:])
-    # the first peak near the highest, not the highest: multiples of the period score as well
-    best = inner.max(axis=1, keepdims=True)
-    lags = lo + np.argmax(is_peak & (inner >= 0.98 * best), axis=1)
-    peak = autocorr[np.arange(len(lags)), lags]
-    voiced = (peak > 0.5) & (energy > 0.1 * energy.max() if energy.size else False)
-    return np.where(voiced, rate / lags, np.nan)
+    """F0 in Hz every 10 ms (the model's tracker, `prosody.pitch_track`); NaN where unvoiced."""
+    f0, _ = pitch_track(samples, rate, hop_s=0.01, fmin=fmin, fmax=fmax)
+    return np.where(f0 > 0, f0.astype(np.float64), np.nan)
 
 
 def median_f0(samples: np.ndarray, rate: int) -> float | None:

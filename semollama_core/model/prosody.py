@@ -22,23 +22,27 @@ _spectrogram = torchaudio.transforms.Spectrogram(n_fft=512, win_length=WINDOW if
                                                  hop_length=HOP, power=2.0, center=True)
 
 
-def _frames(audio: torch.Tensor) -> torch.Tensor:
-    padded = torch.nn.functional.pad(audio, (WINDOW // 2, WINDOW // 2))
-    n = 1 + (padded.shape[0] - WINDOW) // HOP
-    return padded.unfold(0, WINDOW, HOP)[:n]
+def _frames(audio: torch.Tensor, window: int, hop: int) -> torch.Tensor:
+    padded = torch.nn.functional.pad(audio, (window // 2, window // 2))
+    n = 1 + (padded.shape[0] - window) // hop
+    return padded.unfold(0, window, hop)[:n]
 
 
-def pitch_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F0 in Hz (0 where unvoiced) and voicing strength (normalised autocorrelation peak)."""
-    frames = _frames(torch.from_numpy(np.asarray(audio, dtype=np.float32)))
+def pitch_track(audio: np.ndarray, rate: int = SAMPLE_RATE, *, hop_s: float = HOP / SAMPLE_RATE,
+                fmin: float = F0_MIN, fmax: float = F0_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """F0 in Hz (0 where unvoiced) and voicing strength (normalised autocorrelation peak), one
+    frame every `hop_s` over a 48 ms Hann window. The one F0 tracker: the model's prosody
+    channel (at its defaults, 50 Hz) and the synthetic corpus's pitch measurements use it."""
+    window, hop = round(WINDOW / SAMPLE_RATE * rate), max(1, round(hop_s * rate))
+    frames = _frames(torch.from_numpy(np.asarray(audio, dtype=np.float32)), window, hop)
     frames = frames - frames.mean(dim=1, keepdim=True)
-    frames = frames * torch.hann_window(WINDOW)
-    spec = torch.fft.rfft(frames, n=2 * WINDOW)
-    acf = torch.fft.irfft(spec.abs() ** 2, n=2 * WINDOW)[:, :WINDOW]
-    window_acf = torch.fft.irfft(torch.fft.rfft(torch.hann_window(WINDOW), n=2 * WINDOW).abs() ** 2,
-                                 n=2 * WINDOW)[:WINDOW]
+    frames = frames * torch.hann_window(window)
+    spec = torch.fft.rfft(frames, n=2 * window)
+    acf = torch.fft.irfft(spec.abs() ** 2, n=2 * window)[:, :window]
+    window_acf = torch.fft.irfft(torch.fft.rfft(torch.hann_window(window), n=2 * window).abs() ** 2,
+                                 n=2 * window)[:window]
     nccf = acf / (acf[:, :1] + 1e-9) / (window_acf / window_acf[0]).clamp_min(1e-3)
-    lo, hi = int(SAMPLE_RATE / F0_MAX), int(SAMPLE_RATE / F0_MIN)
+    lo, hi = int(rate / fmax), min(int(rate / fmin), window - 1)
     search = nccf[:, lo:hi]
     peak = search.max(dim=1, keepdim=True).values
     # Octave errors: take the shortest lag near the best peak, then its local maximum.
@@ -47,7 +51,7 @@ def pitch_track(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     near = (lags >= first) & (lags <= first * 1.25 + 2)
     strength, lag = torch.where(near, search, torch.full_like(search, -1.0)).max(dim=1)
     lag = lag + lo
-    f0 = SAMPLE_RATE / lag.float()
+    f0 = rate / lag.float()
     energy = frames.pow(2).mean(dim=1)
     voiced = (strength > VOICING_THRESHOLD) & (energy > energy.max() * 1e-4)
     f0 = torch.where(voiced, f0, torch.zeros_like(f0))
