@@ -118,6 +118,9 @@ def test_token_picker_semantics():
     wide = token_picker(DecodingOptions(temperature=2.0, seed=1))
     draws = [wide(logits) for _ in range(400)]
     assert {1, 2} <= set(draws) and draws.count(1) > draws.count(3)
+    # min_new_tokens: the stop token (1 here, the likeliest) is held back for the first two picks
+    held = token_picker(DecodingOptions(max_new_tokens=4, min_new_tokens=2), stop_ids=[1])
+    assert [held(logits) for _ in range(3)] == [2, 2, 1]
 
 
 def test_decoder_choice_and_clear_errors(monkeypatch):

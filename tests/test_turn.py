@@ -83,3 +83,37 @@ def test_talk_and_respond_give_the_same_turn(system_fp32, example_clip):
     assert cli["emotion"]["label"] == view.emotion.label
     assert cli["emotion"]["probs"] == pytest.approx(view.emotion.probs, abs=1e-5)
     assert cli["responses"] == view.responses
+
+
+def test_answers_read_the_clips_speech_prefix_once_and_never_depend_on_the_cache(system_fp32, example_clip):
+    """The emotion question and each answer about one clip share the system turn and the speech
+    tokens: the LLM reads them once (the prefix cache), and the answer is the same whether they
+    were cached or not."""
+    from semollama_core import PromptInput
+
+    options = DecodingOptions(max_new_tokens=MAX_NEW_TOKENS)
+    features = system_fp32.features(system_fp32.load(str(example_clip)))
+    prompt = PromptInput("speech_llm", features)
+    system_fp32.prefix_cache.clear()
+    cold = system_fp32.generate([prompt], options)
+    hits = system_fp32.prefix_cache.hits
+    emotion = system_fp32.predict_emotions([prompt])[0]
+    warm = system_fp32.generate([prompt], options)
+    assert system_fp32.prefix_cache.hits == hits + 2
+    assert warm == cold
+    system_fp32.prefix_cache.clear()
+    assert system_fp32.predict_emotions([prompt])[0].log_likelihoods == pytest.approx(emotion.log_likelihoods, abs=1e-4)
+    # another clip's prefix is not taken for this one's
+    other = system_fp32.features(system_fp32.load(str(ROOT / "assets" / "examples" / "sad_1.wav")))
+    system_fp32.predict_emotions([PromptInput("speech_llm", other)])
+    assert system_fp32.generate([prompt], options) == cold
+
+
+def test_min_new_tokens_holds_back_the_stop_token(system_fp32, example_clip):
+    from semollama_core import PromptInput
+
+    prompt = PromptInput("text_only", transcript="We have to kill him with metal up. You lie.")
+    short = list(system_fp32.stream(prompt, DecodingOptions(max_new_tokens=40)))
+    assert len(short) < 40  # the answer stops by itself
+    fixed = list(system_fp32.stream(prompt, DecodingOptions(max_new_tokens=40, min_new_tokens=40)))
+    assert len(fixed) == 40

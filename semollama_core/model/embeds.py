@@ -14,11 +14,17 @@ class SplicedBatch:
     inputs_embeds: torch.Tensor      # [batch, time, width]
     attention_mask: torch.Tensor     # [batch, time], 0 on left padding
     speech_spans: list[tuple[int, int]]  # per row, [start, end) of the speech embeddings
+    # per row, where the part that every prompt about the same clip shares ends (the chat's
+    # system turn and the clip's speech tokens, before a lexical prompt); None for text rows
+    shared_ends: list[int | None] | None = None
 
 
 def splice_speech(prefix_ids: list[list[int]], speech_embeddings: list[torch.Tensor],
-                  suffix_ids: list[list[int]], embed_tokens: torch.nn.Module) -> SplicedBatch:
-    """Concatenate token embeddings and speech embeddings per row; left-pad to one length."""
+                  suffix_ids: list[list[int]], embed_tokens: torch.nn.Module,
+                  shared_speech: list[int | None] | None = None) -> SplicedBatch:
+    """Concatenate token embeddings and speech embeddings per row; left-pad to one length.
+    `shared_speech`: per row, how many leading speech embeddings other prompts about the same
+    clip share (None: the row shares nothing beyond what shared_prefix_length finds)."""
     weight = embed_tokens.weight
     rows, spans = [], []
     for prefix, speech, suffix in zip(prefix_ids, speech_embeddings, suffix_ids):
@@ -36,7 +42,9 @@ def splice_speech(prefix_ids: list[list[int]], speech_embeddings: list[torch.Ten
         embeds[i, pad:] = row
         mask[i, pad:] = 1
         spans[i] = (spans[i][0] + pad, spans[i][1] + pad)
-    return SplicedBatch(embeds, mask, spans)
+    shared = shared_speech or [None] * len(rows)
+    ends = [None if n is None else start + n for (start, _), n in zip(spans, shared)]
+    return SplicedBatch(embeds, mask, spans, ends)
 
 
 def segment_labels(prefix_len: int, speech_len: int, suffix_len: int, generated_len: int,

@@ -6,6 +6,8 @@ position of the prompt (logits_to_keep=1).
 """
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,10 +20,13 @@ class DecodingOptions:
     temperature: float = 0.0   # 0 is greedy
     top_p: float = 1.0
     seed: int = 0
+    min_new_tokens: int = 0    # stop tokens are never picked before this many (benchmarks: equal lengths)
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 1024:
             raise ValueError("max_new_tokens must be between 1 and 1024.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must be between 0 and max_new_tokens.")
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError("temperature must be between 0 and 2.")
         if not 0.0 < self.top_p <= 1.0:
@@ -41,21 +46,80 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.inference_mode()
-def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, stop_ids: list[int],
-           options: DecodingOptions) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, [batch], until all rows stopped."""
+class PrefixCache:
+    """The LLM's KV cache over the last prompt prefix it read alone (one row). A later prompt
+    that starts with exactly the same embeddings (the same clip's speech tokens after the same
+    system turn: the emotion question, then the answer) reads only what follows them.
+
+    A prompt that may share its prefix is always read in the same two parts, the prefix alone
+    and then the rest, whether the prefix is found here or not: an answer never depends on
+    what ran before it. Safe to share across threads (each caller gets its own copy)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._embeds: torch.Tensor | None = None
+        self._cache = None
+        self.hits = 0
+
+    def clear(self) -> None:
+        """Forget the prefix (the next clip is a new one: benchmarks time turns this way)."""
+        with self._lock:
+            self._embeds, self._cache = None, None
+
+    @torch.inference_mode()
+    def cache_for(self, model, prefix_embeds: torch.Tensor):
+        """A cache holding `prefix_embeds` ([1, positions, width]), for the caller to extend."""
+        from transformers import DynamicCache
+
+        with self._lock:
+            if (self._embeds is not None and self._embeds.shape == prefix_embeds.shape
+                    and torch.equal(self._embeds, prefix_embeds)):
+                self.hits += 1
+                return copy.deepcopy(self._cache)
+        cache, length = DynamicCache(), prefix_embeds.shape[1]
+        model(inputs_embeds=prefix_embeds, attention_mask=torch.ones(1, length, dtype=torch.long,
+                                                                     device=prefix_embeds.device),
+              position_ids=torch.arange(length, device=prefix_embeds.device)[None], past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        with self._lock:
+            self._embeds, self._cache = prefix_embeds.detach().clone(), copy.deepcopy(cache)
+        return cache
+
+
+def read_prompt(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                prefix: PrefixCache | None = None, split: int | None = None):
+    """The prompt's forward pass: (output with the last position's logits, cache). One unpadded
+    row with a `split` reads [0, split) through `prefix` and then the rest; else one pass."""
     from transformers import DynamicCache
 
+    if (prefix is not None and split is not None and inputs_embeds.shape[0] == 1
+            and 8 <= split < inputs_embeds.shape[1] and bool(attention_mask.all())):
+        cache = prefix.cache_for(model, inputs_embeds[:, :split])
+        out = model(inputs_embeds=inputs_embeds[:, split:], attention_mask=attention_mask,
+                    position_ids=positions(attention_mask)[:, split:], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        return out, cache
     cache = DynamicCache()
+    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out, cache
+
+
+@torch.inference_mode()
+def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, stop_ids: list[int],
+           options: DecodingOptions, *, prefix: PrefixCache | None = None,
+           split: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, [batch], until all rows stopped."""
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
     stops = torch.tensor(stop_ids, device=inputs_embeds.device)
     mask = attention_mask
-    out = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions(mask),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out, cache = read_prompt(model, inputs_embeds, mask, prefix, split)
     finished = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
-    for _ in range(options.max_new_tokens):
-        token = _pick(out.logits[:, -1].float(), options, generator)
+    for step in range(options.max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if step < options.min_new_tokens:
+            logits[:, stops] = float("-inf")
+        token = _pick(logits, options, generator)
         token = torch.where(finished, stops[0], token)
         yield token
         finished |= torch.isin(token, stops)
@@ -106,13 +170,15 @@ def shared_prefix_length(inputs_embeds: torch.Tensor, attention_mask: torch.Tens
 
 @torch.inference_mode()
 def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                          label_token_ids: list[list[int]], share_prefix: bool = True) -> torch.Tensor:
+                          label_token_ids: list[list[int]], share_prefix: bool = True, *,
+                          prefix: PrefixCache | None = None, split: int | None = None) -> torch.Tensor:
     """Sum of log-probabilities of each label's tokens after each row's prompt: [batch, labels].
 
     The prompt runs once; its cache is repeated for the label continuations. With
     `share_prefix`, the leading positions every row shares (system turn, start of the user
     turn) run once for the whole batch and their cache is repeated per row; the rows' own
-    parts follow, left-padded after that prefix (same scores, less work).
+    parts follow, left-padded after that prefix (same scores, less work). One row with a `split`
+    reads its prompt as `read_prompt` does (its prefix is then cached for the answer).
     """
     from transformers import DynamicCache
 
@@ -126,10 +192,12 @@ def label_log_likelihoods(model, inputs_embeds: torch.Tensor, attention_mask: to
         label_mask[j, : len(ids)] = 1
     cache = DynamicCache()
     shared = shared_prefix_length(inputs_embeds, attention_mask) if share_prefix else 0
-    if shared >= 8:
+    if batch == 1:
+        out, cache = read_prompt(model, inputs_embeds, attention_mask, prefix, split)
+    elif shared >= 8:
         starts = (attention_mask == 0).sum(-1)
-        prefix = inputs_embeds[:1, int(starts[0]): int(starts[0]) + shared]
-        model(inputs_embeds=prefix, attention_mask=torch.ones(1, shared, dtype=attention_mask.dtype, device=device),
+        head = inputs_embeds[:1, int(starts[0]): int(starts[0]) + shared]
+        model(inputs_embeds=head, attention_mask=torch.ones(1, shared, dtype=attention_mask.dtype, device=device),
               position_ids=torch.arange(shared, device=device)[None], past_key_values=cache, use_cache=True,
               logits_to_keep=1)
         cache.batch_repeat_interleave(batch)

@@ -123,11 +123,26 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum())
 
 
-def token_picker(options) -> Callable[[np.ndarray], int]:
+def token_picker(options, stop_ids: Sequence[int] = ()) -> Callable[[np.ndarray], int]:
     """generation._pick on one row of numpy logits: greedy at temperature 0, else temperature and
     top-p (nucleus: tokens whose preceding probability mass is below top_p) sampled from a
     generator seeded with options.seed; one picker per answer, so every row of a batch draws
-    the same stream as it would alone."""
+    the same stream as it would alone. `stop_ids` are never picked for the first
+    options.min_new_tokens tokens."""
+    pick = _base_picker(options)
+    if not options.min_new_tokens or not stop_ids:
+        return pick
+    stops, picked = np.asarray(list(stop_ids)), itertools.count()
+
+    def pick_after_minimum(logits: np.ndarray) -> int:
+        if next(picked) < options.min_new_tokens:
+            logits = logits.copy()
+            logits[stops] = -np.inf
+        return pick(logits)
+    return pick_after_minimum
+
+
+def _base_picker(options) -> Callable[[np.ndarray], int]:
     if options.temperature == 0.0:
         return lambda logits: int(logits.argmax())
     rng = np.random.default_rng(options.seed)

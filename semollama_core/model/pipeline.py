@@ -19,7 +19,7 @@ from ..config import EMBEDDED_WHISPER, ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech, unpadded_rows
 from .encoder import (SpeechFeatures, build_adapter, collate_features, collate_utterance, extract_features,
                       speech_embeddings)
-from .generation import DecodingOptions, decode, label_log_likelihoods, stop_token_ids
+from .generation import DecodingOptions, PrefixCache, decode, label_log_likelihoods, stop_token_ids
 from .attention import AttentionCapture, capture_attention
 from .llama_cpp_decode import LlamaCppModel, choose_decoder, context_size, load_for, token_picker
 from .llm import FrozenLLM, load_llm
@@ -44,6 +44,9 @@ class SEmoLlama:
         self.backbone = WhisperBackbone(self.config.backbone, self.config.threads, self.device)
         self.adapter = self._adapter(self.config.adapter)
         self._lock = threading.Lock()
+        # the LLM's cache over the last clip's speech prompt: the emotion question and the answers
+        # about one clip read its system turn and speech tokens once (torch decoding)
+        self.prefix_cache = PrefixCache()
         self.decoder = choose_decoder(self.config, self.device)
         self.llama_cpp = self._llama_cpp() if self.decoder == "llama_cpp" else None
         if self.llama_cpp is None:
@@ -165,7 +168,7 @@ class SEmoLlama:
                        assistant_start: str = "", speech: list[torch.Tensor] | None = None) -> SplicedBatch:
         """Render each input with the chat template and splice in its speech embeddings."""
         system_prompt = self.resolve_system_prompt(system_prompt)
-        prefixes, suffixes, speech_rows = [], [], []
+        prefixes, suffixes, speech_rows, shared = [], [], [], []
         needs_speech = [i for i, p in enumerate(inputs) if p.system in SPEECH_SYSTEMS]
         if speech is None and needs_speech:
             by_system: dict[str, list[int]] = {}
@@ -182,13 +185,15 @@ class SEmoLlama:
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
                 speech_rows.append(speech[i] if heard is None
                                    else self.adapter_for(p.system).with_lexical_prompt(speech[i]).detach())
+                shared.append(speech[i].shape[0])
             else:
                 user = self._text_user_turn(p)
                 parts = prompts.ChatParts(prompts.render_chat(self.tokenizer, user, system_prompt, assistant_start), "")
                 speech_rows.append(torch.zeros(0, self.llm.hidden_size))
+                shared.append(None)
             prefixes.append(self.token_ids(parts.prefix))
             suffixes.append(self.token_ids(parts.suffix))
-        return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens)
+        return splice_speech(prefixes, speech_rows, suffixes, self.llm.embed_tokens, shared)
 
     def heard_words(self, p: PromptInput) -> str | None:
         """The ASR hypothesis a lexical adapter reads after the speech tokens (never for SER)."""
@@ -247,9 +252,11 @@ class SEmoLlama:
         """Each row's generated token ids, lazily: llama.cpp decodes row by row (no padding),
         torch all rows at once over one cache (also when a prompt is too long for llama.cpp's context)."""
         if self.llama_cpp is not None and self.llama_cpp.fits(batch.inputs_embeds.shape[1], options.max_new_tokens):
-            return [self.llama_cpp.tokens(row, options.max_new_tokens, self.stop_ids, token_picker(options))
+            return [self.llama_cpp.tokens(row, options.max_new_tokens, self.stop_ids,
+                                          token_picker(options, self.stop_ids))
                     for row in unpadded_rows(batch)]
-        steps = decode(self.llm.model, batch.inputs_embeds, batch.attention_mask, self.stop_ids, options)
+        steps = decode(self.llm.model, batch.inputs_embeds, batch.attention_mask, self.stop_ids, options,
+                       prefix=self.prefix_cache, split=batch.shared_ends[0])
         if batch.inputs_embeds.shape[0] == 1:
             return [(int(step[0]) for step in steps)]
         table = [step.tolist() for step in steps]   # rows finished early repeat a stop token
@@ -277,7 +284,8 @@ class SEmoLlama:
         labels = tuple(labels or self.config.labels)
         batch = self.encode_ser_prompts(inputs, system_prompt, speech)
         scores = label_log_likelihoods(self.llm.model, batch.inputs_embeds, batch.attention_mask,
-                                       self.label_token_ids(labels)).cpu()
+                                       self.label_token_ids(labels), prefix=self.prefix_cache,
+                                       split=batch.shared_ends[0]).cpu()
         probs = torch.softmax(scores, dim=-1)
         return [EmotionPrediction(labels[int(p.argmax())], {l: float(v) for l, v in zip(labels, p)},
                                   {l: float(v) for l, v in zip(labels, s)}) for p, s in zip(probs, scores)]
