@@ -105,8 +105,9 @@ def draw_channel(rng: np.random.Generator, noise_prob: float = 0.7) -> ChannelPa
 
 
 def sox(samples: np.ndarray, rate: int, effects: list[str] | tuple[str, ...]) -> np.ndarray:
-    """Run sox effects on float samples; returns 16 kHz mono float32."""
-    cmd = ["sox", "-q", "-t", "f32", "-r", str(rate), "-c", "1", "-",
+    """Run sox effects on float samples; returns 16 kHz mono float32. Every sox call runs
+    with -R (repeatable): sox's dither is otherwise seeded afresh, and a seed's clips differ."""
+    cmd = ["sox", "-R", "-q", "-t", "f32", "-r", str(rate), "-c", "1", "-",
            "-t", "f32", "-r", str(SAMPLE_RATE), "-c", "1", "-", *effects]
     result = subprocess.run(cmd, input=np.asarray(samples, np.float32).tobytes(), capture_output=True)
     if result.returncode != 0:
@@ -185,9 +186,9 @@ def codec(samples: np.ndarray, name: str, quality: float) -> np.ndarray:
                                                         "vorbis": "ogg"}[name])
             options = (["-C", f"{-1 + 3 * quality:.1f}"] if name == "vorbis"
                        else ["-r", "8000"])
-            _run(["sox", "-q", source, *options, encoded])
+            _run(["sox", "-R", "-q", source, *options, encoded])
             decoded_path = os.path.join(workdir, "out.wav")
-            _run(["sox", "-q", *(["-r", "8000", "-c", "1"] if name == "mulaw" else []), encoded,
+            _run(["sox", "-R", "-q", *(["-r", "8000", "-c", "1"] if name == "mulaw" else []), encoded,
                   "-r", str(SAMPLE_RATE), "-e", "floating-point", decoded_path])
             out, _ = sf.read(decoded_path, dtype="float32")
     return out

@@ -283,6 +283,13 @@ def _write_wav_atomic(path: Path, samples: np.ndarray) -> None:
                                             format="WAV"))
 
 
+def _one_thread() -> None:
+    """Worker setup: one torch thread each, as the workers already share the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _make_clip(args: tuple[ClipJob, str]) -> str:
     job, out_dir = args
     _write_wav_atomic(Path(out_dir) / job.audio, render_clip(job))
@@ -348,7 +355,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, options: SynthOptions = SynthO
             pool = None
         else:
             import multiprocessing
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            # Fresh worker processes, not forks: a fork taken while the parent's torch
+            # threads hold a lock (a test run, the app) hangs at the workers' first pitch track.
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread)
             # chunks of one sentence and voice share the cached neutral reference
             results = pool.imap_unordered(_make_clip, tasks, chunksize=len(options.emotions))
         try:
