@@ -10,7 +10,9 @@
   often its greedy answers and its SER labels equal the torch ones;
 - LLM memory footprint NF4 against full precision; batch SER throughput at 1, 4, 16.
 
-Every measured call runs once untimed first (warm); figures are medians of --repeats runs.
+Every measured call runs once untimed first (warm); figures are medians of --repeats runs. The
+two systems' whole turns alternate in at least 9 pairs, and their paired difference carries a
+95 % bootstrap interval.
 
     python -m eval.bench --out FILE.json [--repeats 5] [--quick] [--threads N] [--agreement-clips 32]
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from .common import EvalError, argument_parser, check_out_path, metadata, positive_int, run_cli, write_json
 from .llama_cpp_peer import llama_cpp_report
-from .timing import median_seconds, median_stream, rounded
+from .timing import median_seconds, median_stream, paired_times, rounded
 
 CLIP_SECONDS = 3.0
 CLIP_TEXT = "They changed the schedule again, and nobody told me."
@@ -45,6 +47,7 @@ GREEDY_USER_TEXT = "Tell me a story about a lighthouse keeper and a lost cat."
 BATCH_SIZES = (1, 4, 16)
 GOAL_RATIO_TO_LLAMA_CPP = 0.5
 GOAL_SER_UTT_PER_S = 5.0
+PAIRED_TURNS = 9             # alternating speech_llm/cascade turn pairs behind the end-to-end difference
 AGREEMENT_MANIFEST = Path(__file__).resolve().parent.parent / "data" / "synth" / "manifest.jsonl"
 
 
@@ -166,11 +169,12 @@ def stage_times(system, clip_path: Path, options: BenchOptions,
         generation[name] = {**rounded(asdict(timing)), "answer": system.generate([prompt], decoding)[0]}
         stages[f"{name}_time_to_first_token"] = timing.time_to_first_token_s
         stages[f"{name}_generate"] = median_seconds(lambda: system.generate([prompt], decoding), options)
-    end_to_end = {name: median_seconds(lambda: turn_answer(system, clip_path, name, equal), options)
-                  for name in ("speech_llm", "cascade")}
+    pairs = max(options.repeats, PAIRED_TURNS) if options.warm_each else 1
+    end_to_end = paired_times(lambda name: turn_answer(system, clip_path, name, equal), ("speech_llm", "cascade"),
+                              pairs, options.warm_each)
     natural = {name: median_seconds(lambda: turn_answer(system, clip_path, name, decoding), options)
                for name in ("speech_llm", "cascade")}
-    stages.update({f"{name}_end_to_end": seconds for name, seconds in end_to_end.items()})
+    stages.update({f"{name}_end_to_end": end_to_end[name] for name in ("speech_llm", "cascade")})
     stages.update({f"{name}_end_to_end_natural_length": seconds for name, seconds in natural.items()})
     for name in prompts:
         stages[f"{name}_first_token_from_audio"] = median_seconds(
@@ -377,7 +381,7 @@ def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from
         "respond_timings_s": rounded(respond),
         "llama_cpp": peer,
         "goals": goals(ratio, _ratio(peer_speech.get("tokens_per_s"), peer_rate), stages, ser_from_audio,
-                       generation["ours"]["decoder"]),
+                       generation["ours"]["decoder"], end_to_end),
         "machine": machine,
         "settings": {**asdict(options), "agreement_manifest": str(options.agreement_manifest),
                      "threads": machine["threads"], "clip_seconds": CLIP_SECONDS,
@@ -390,7 +394,7 @@ def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from
     return result
 
 
-def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: str) -> dict:
+def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: str, end_to_end: dict) -> dict:
     best_ser = max(ser_from_audio.values())
     speech, cascade = stages["speech_llm_end_to_end"], stages["cascade_end_to_end"]
     speech_first, cascade_first = stages["speech_llm_first_token_from_audio"], stages["cascade_first_token_from_audio"]
@@ -404,12 +408,18 @@ def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: st
             "speech_llm_s": round(speech, 4), "cascade_s": round(cascade, 4), "met": speech < cascade,
             "speech_llm_first_token_from_audio_s": round(speech_first, 4),
             "cascade_first_token_from_audio_s": round(cascade_first, 4),
+            "difference_s": end_to_end["speech_llm_minus_cascade_mean"],
+            "difference_ci95": end_to_end["speech_llm_minus_cascade_ci95"], "pairs": end_to_end["pairs"],
+            "met_with_95_interval_below_zero": bool(end_to_end["speech_llm_minus_cascade_ci95"]
+                                                    and end_to_end["speech_llm_minus_cascade_ci95"][1] < 0),
             "met_to_first_token": speech_first < cascade_first,
             "speech_llm_natural_length_s": round(stages["speech_llm_end_to_end_natural_length"], 4),
             "cascade_natural_length_s": round(stages["cascade_end_to_end_natural_length"], 4),
             "scope": "a whole turn from audio, each system answering the same number of tokens "
                      "(settings.max_new_tokens; stop tokens held back), the LLM's prefix cache emptied "
-                     "before each turn (a new clip). At natural lengths (end_to_end_natural_length_s) "
+                     "before each turn (a new clip); the two systems' turns alternate in pairs, and difference_s is the "
+                     "mean paired difference speech_llm - cascade with a 95 % bootstrap interval over the pairs. "
+                     "At natural lengths (end_to_end_natural_length_s) "
                      "the time follows each answer's length (generation_by_system.*.tokens)"},
         "batch_ser_at_least_5_utt_per_s": {"target": GOAL_SER_UTT_PER_S, "best_utt_per_s": round(best_ser, 3),
                                            "met": best_ser >= GOAL_SER_UTT_PER_S},

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .common import grouped_bootstrap_ci
+
 
 @dataclass(frozen=True)
 class StreamTiming:
@@ -26,6 +28,25 @@ def median_seconds(fn: Callable[[], object], options) -> float:
     if options.warm_each:
         fn()
     return statistics.median(timed(fn) for _ in range(options.repeats))
+
+
+def paired_times(run: Callable[[str], object], names: tuple[str, str], pairs: int, warm: bool) -> dict:
+    """Two calls timed in alternating pairs (the order swapped every pair, so drift in the
+    machine's speed falls on both): the median of each, and the paired difference first -
+    second with a 95 % bootstrap interval over the pairs."""
+    if warm:
+        for name in names:
+            run(name)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for pair in range(pairs):
+        for name in names if pair % 2 == 0 else names[::-1]:
+            times[name].append(timed(lambda: run(name)))
+    differences = [a - b for a, b in zip(times[names[0]], times[names[1]])]
+    key = f"{names[0]}_minus_{names[1]}"
+    return {**{name: statistics.median(values) for name, values in times.items()},
+            f"{key}_mean": round(statistics.fmean(differences), 4),
+            f"{key}_ci95": grouped_bootstrap_ci(differences, [str(i) for i in range(len(differences))]),
+            "pairs": pairs}
 
 
 def median_or_none(values) -> float | None:
