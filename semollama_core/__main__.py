@@ -1,4 +1,4 @@
-"""Command line: python -m semollama_core {respond,synth,audit,real-corpus,targets,train,train-ser} ..."""
+"""Command line: python -m semollama_core {respond,synth,audit,real-corpus,mix,targets,train,train-ser,fit-head,export} ..."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ commands:
   targets MANIFEST ...           generate alignment targets with the frozen LLM
   train MANIFEST --out DIR ...   train the speech adapter
   train-ser MANIFEST --out DIR   train the standalone SER model (openSMILE + linear)
+  fit-head MANIFEST --run RUN --out DIR   refit a trained adapter's emotion head, other weights kept
   export RUN DEST                ship a run's adapter with its training info
 
 Each command accepts --help."""
@@ -62,6 +63,7 @@ COMMANDS = {
     "targets": ("semollama_core.training.targets", "main"),
     "train": ("semollama_core.training.train", "main"),
     "train-ser": ("semollama_core.baselines.standalone_ser", "main"),
+    "fit-head": ("semollama_core.training.refit", "main"),
     "export": ("semollama_core.training.export", "main"),
 }
 

@@ -107,6 +107,30 @@ def test_stage_two_keeps_the_speech_tokens_and_label_scores_exactly(recipe):
     assert scores[0] == scores[1]
 
 
+def test_fit_head_refits_only_the_head_and_the_card_records_it(recipe, tmp_path):
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    refit, shipped = tmp_path / "refit", tmp_path / "shipped"
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(refit),
+                "--epochs", "3", "--seed", "4", "--cache", str(recipe["root"] / "targets" / "features")]) == 0
+    before = load_file(str(recipe["lexical"] / "adapter" / "adapter.safetensors"))
+    after = load_file(str(refit / "adapter" / "adapter.safetensors"))
+    head = {k for k in before if k.startswith(("emotion_head.", "head_"))}
+    assert set(after) == set(before) and head
+    assert all(torch.equal(before[k], after[k]) for k in set(before) - head)  # every other weight bit-identical
+    assert any(not torch.equal(before[k], after[k]) for k in head if k.startswith("emotion_head."))
+    record = json.loads((refit / "head_refit.json").read_text())
+    assert record["manifest_sha256"] == hashlib.sha256(recipe["manifest"].read_bytes()).hexdigest()
+    assert record["from_run"] == str(recipe["lexical"]) and record["command"].startswith(
+        "python -m semollama_core fit-head")
+    assert cli(["export", str(refit), str(shipped)]) == 0
+    card = (shipped / "README.md").read_text()
+    assert "Emotion head refitted after alignment" in card and record["command"] in card
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(refit), "--out", str(refit)]) == 1
+
+
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):
     from semollama_core.model.adapter import load_adapter
     from semollama_core.config import EMBEDDED_LLM, SEmoConfig

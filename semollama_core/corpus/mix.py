@@ -39,6 +39,7 @@ from .manifest import ManifestError, iter_manifest, write_manifest
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 RAVDESS_SPLITS = RESOURCES / "ravdess_splits.json"
+REAL_SPLITS = RESOURCES / "real_splits.json"  # the PyPI clips of `real-corpus`, by speaker
 
 
 def load_speaker_splits(path: str | os.PathLike) -> dict[str, str]:
@@ -51,6 +52,17 @@ def load_speaker_splits(path: str | os.PathLike) -> dict[str, str]:
     if not isinstance(splits, dict) or not all(isinstance(v, str) for v in splits.values()):
         raise ManifestError(f"{path} must map speaker names to split names.")
     return {str(k): v for k, v in splits.items()}
+
+
+def join_speaker_splits(paths: list[str]) -> dict[str, str]:
+    """The splits of several files in one map; a speaker two files place differently is an error."""
+    joined: dict[str, str] = {}
+    for path in paths:
+        for speaker, split in load_speaker_splits(path).items():
+            if joined.setdefault(speaker, split) != split:
+                raise ManifestError(f"Speaker {speaker} is in split {joined[speaker]!r} in one speaker-splits "
+                                    f"file and {split!r} in {path}.")
+    return joined
 
 
 def held_back_speakers(split: str = "test", path: str | os.PathLike = RAVDESS_SPLITS) -> list[str]:
@@ -145,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  "splitting real corpora by speaker.")
     parser.add_argument("manifests", nargs="+", help="source manifests (JSONL or CSV)")
     parser.add_argument("--out", required=True, help="folder for manifest.jsonl and clips/")
-    parser.add_argument("--speaker-splits", default=None,
-                        help=f"JSON {{speaker: split}} for rows without a split (e.g. {RAVDESS_SPLITS.name})")
+    parser.add_argument("--speaker-splits", action="append", default=None,
+                        help=f"JSON {{speaker: split}} for rows without a split (e.g. {RAVDESS_SPLITS.name}, "
+                             f"{REAL_SPLITS.name}); give it again to join several files")
     parser.add_argument("--labels", default=",".join(CORE_LABELS), help="labels to keep (default the core four)")
     parser.add_argument("--augment", type=int, default=0,
                         help="channel-degraded copies of each real training clip (default 0)")
     args = parser.parse_args(argv)
     try:
-        splits = load_speaker_splits(args.speaker_splits) if args.speaker_splits else None
+        splits = join_speaker_splits(args.speaker_splits) if args.speaker_splits else None
         labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
         if not 0 <= args.augment <= 8:
             raise ManifestError("--augment must be between 0 and 8 copies.")

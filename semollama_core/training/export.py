@@ -32,7 +32,10 @@ DATA_LICENCES = {"ravdess": "CC BY-NC-SA 4.0 (RAVDESS: non-commercial, share-ali
                              "RHVoice LGPL, flite/festival/CMU ARCTIC free, Piper voice per its PyPI package)"}
 
 
-def record_run(manifest: str, out: Path, command: list[str]) -> dict:
+HEAD_REFIT_FILE = "head_refit.json"
+
+
+def record_run(manifest: str, out: Path, command: list[str], name: str = "run_info.json") -> dict:
     """run_info.json: the exact command, the manifest's sha256 and what it holds per corpus and split,
     and the licences the checkpoint inherits (export puts them on the model card)."""
     from ..corpus.manifest import iter_manifest
@@ -40,14 +43,15 @@ def record_run(manifest: str, out: Path, command: list[str]) -> dict:
     counts, corpora = Counter(), set()
     for utt in iter_manifest(manifest, check_files=False):
         corpus = str(utt.extra.get("corpus") or utt.extra.get("source") or "unnamed")
-        corpora.add(corpus)
+        if utt.split in ("train", "dev"):  # held-back rows are never learnt from: their terms do not pass on
+            corpora.add(corpus)
         counts[f"{corpus} {utt.split}{' (augmented)' if utt.extra.get('augmented') else ''}"] += 1
     info = {"command": shlex.join(command), "manifest": str(manifest),
             "manifest_sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(),
             "clips": dict(sorted(counts.items())),
             "licences": [DATA_LICENCES.get(c, f"{c}: see its source") for c in sorted(corpora)],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    (out / name).write_text(json.dumps(info, indent=2))
     return info
 
 
@@ -86,6 +90,7 @@ def export_run(run_dir: str | Path, dest: str | Path, metrics: dict | None = Non
         # the emotion head is fitted before alignment (training/head.py: fit_emotion_head)
         "emotion_head": json.loads((run / "emotion_head.json").read_text()) if (run / "emotion_head.json").exists() else {},
         "run": _read_json(run / "run_info.json"),
+        "head_refit": _read_json(run / HEAD_REFIT_FILE),  # fit-head: the head refitted on a wider manifest
     }
     init_run = Path(options["init"]).parent if options.get("init") else None
     if init_run and (init_run / "log.csv").exists():
@@ -122,14 +127,16 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _data_lines(info: dict) -> list[str]:
     """What the checkpoint was trained on, the exact commands, and the licences it inherits."""
-    runs = [r for r in (info.get("stage1", {}).get("run_info"), info.get("run")) if r]
+    runs = [r for r in (info.get("stage1", {}).get("run_info"), info.get("run"), info.get("head_refit")) if r]
     if not runs:
         return [f"- Recipe: `scripts/train_default.sh`; options {json.dumps(info.get('options', {}))}"]
-    last = runs[-1]
-    lines = [f"- Data: `{last['manifest']}` (sha256 `{last['manifest_sha256']}`): "
-             + ", ".join(f"{k} {v}" for k, v in last["clips"].items()),
-             "- Licence inherited from the data: " + "; ".join(last["licences"]),
-             "- Exact commands (`scripts/train_default.sh` runs them from an empty folder):"]
+    manifests = {r["manifest_sha256"]: r for r in runs}  # each manifest once, in the order first read
+    licences = list(dict.fromkeys(licence for r in runs for licence in r["licences"]))
+    lines = [f"- Data{' of ' + ('the emotion head refit' if r is info.get('head_refit') else 'alignment') if len(manifests) > 1 else ''}: "
+             f"`{r['manifest']}` (sha256 `{r['manifest_sha256']}`): " + ", ".join(f"{k} {v}" for k, v in r["clips"].items())
+             for r in manifests.values()]
+    lines += ["- Licence inherited from the data: " + "; ".join(licences),
+              "- Exact commands (`scripts/train_default.sh` runs them from an empty folder):"]
     lines += [f"  - `{r['command']}` ({r['date']}; manifest sha256 `{r['manifest_sha256'][:16]}...`)" for r in runs]
     return lines
 
@@ -157,8 +164,12 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
           if info["options"].get("init") and info["options"].get("freeze_speech") else
           [f"- Started from the adapter `{info['options']['init']}` (every weight but the emotion head)"]
           if info["options"].get("init") else []),
+        *([f"- Emotion head refitted after alignment (`fit-head`, from `{info['head_refit']['from_run']}`) on "
+           f"`{info['head_refit']['manifest']}`, which adds real voices alignment never read; every other weight "
+           f"is bit-identical to that run's, and the head's posterior reaches the LLM through the same emotion token"]
+          if info.get("head_refit") else []),
         *([f"- Emotion head fitted first on utterance functionals (pooled backbone states, prosody statistics, "
-           f"eGeMAPS), then frozen: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]
+           f"eGeMAPS), then frozen{' (the refit)' if info.get('head_refit') else ''}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]
           if info.get("emotion_head") else []),
         *([f"- Stage 1 (`{info['stage1']['run']}`): {info['stage1']['steps']} steps, "
            f"{info['stage1']['wall_time_s'] / 60:.1f} min of alignment"] if info.get("stage1") else []),
