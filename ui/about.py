@@ -43,27 +43,29 @@ configuration.
 # JSONs: each figure with its 95 % interval, its split and the command that produced it.
 # Shown under the systems above; while empty, About says no figure on real speech is given here.
 MEASURED_ON_REAL_SPEECH = """\
-Shipped adapter sha256 `f9f7b796...645d` (trained on synthetic corpus v2 + RAVDESS actors 1-10). 4 core
-labels (neutral, happy, sad, angry); chance UA 0.25. UA with a 95 % bootstrap interval resampling clips.
+Shipped adapter sha256 `b65e2378...f57a`: aligned on synthetic corpus v2 + RAVDESS actors 1-10; its emotion
+head refitted on those plus Polish speakers m1-m2. 4 core labels (neutral, happy, sad, angry); chance UA 0.25
+(0.5 on the Polish clips, which hold only angry and neutral). UA with a 95 % bootstrap interval resampling clips.
 
 | real acted speech, never trained or tuned on | n | SEmoLlama (`speech_llm`) | emotion head alone | standalone eGeMAPS | text_only |
 |---|---|---|---|---|---|
-| RAVDESS actors 13-16 (English) | 112 | **0.648** [0.559, 0.745] | 0.703 [0.620, 0.789] | 0.492 [0.405, 0.577] | 0.250 |
-| CREMA-D actors 1001-1002 (English) | 8 | 0.500 [0.333, 0.667] | 0.500 | 0.625 | 0.250 |
-| EmoDB speaker 03 (German) | 4 | 0.500 [0.0, 1.0] | 0.250 | 0.500 | 0.000 |
-| Polish acted speech, angry and neutral only | 300 | **0.063** [0.038, 0.092] | 0.113 | 0.113 | 0.000 |
+| RAVDESS actors 13-16 (English) | 112 | **0.734** [0.651, 0.814] | 0.703 [0.619, 0.785] | 0.445 [0.369, 0.529] | 0.250 |
+| Polish speakers m4-m5, angry and neutral | 120 | **0.717** [0.635, 0.793] | 0.767 [0.690, 0.840] | 0.525 [0.435, 0.613] | 0.000 |
+| CREMA-D actors 1001-1002 (English) | 8 | 0.250 [0.0, 0.5] | 0.250 | 0.375 | 0.250 |
+| EmoDB speaker 03 (German) | 4 | 0.500 [0.0, 1.0] | 0.500 | 0.500 | 0.000 |
 
-On RAVDESS it beats the standalone model by +0.156 [0.017, 0.291]; the LLM's label scoring loses
-0.055 [0.001, 0.117] against the head it reads. **On the Polish clips it fails**: it calls most of them
-"sad" (121 of 150 neutral, 76 of 150 angry), and so do the head and the standalone model. Expect it to
-fail on voices, languages and recording conditions unlike RAVDESS's studio.
+On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. Before the head refit it scored 0.648 on
+the same RAVDESS clips and 0.050 on the same Polish clips (it called most of them "sad"). The 8 CREMA-D clips
+are too few to say much (2 right; both angry clips come out "happy"). Expect it to fail on voices,
+languages and recording conditions unlike those it learnt from.
 """
 
 # One line for the Talk tab: what the default learnt from, and how well it hears real people.
-TRAINED_ON = ("**The default** learnt from synthetic voices (corpus v2) and real acted English speech "
-              "(RAVDESS actors 1-10; non-commercial licence). On real actors it never heard it names the emotion "
-              "with UA 0.648 [0.559, 0.745] (RAVDESS, n=112, chance 0.25), but it fails on other corpora "
-              "(Polish acted speech: 0.063, mostly \"sad\"). Details in About.")
+TRAINED_ON = ("**The default** learnt from synthetic voices (corpus v2), real acted English speech "
+              "(RAVDESS actors 1-10; non-commercial licence) and, for its emotion head, two Polish speakers. "
+              "On real actors it never heard it names the emotion with UA 0.734 [0.651, 0.814] (RAVDESS, "
+              "n=112, chance 0.25) and 0.717 [0.635, 0.793] on Polish angry/neutral words (n=120, chance 0.5); "
+              "on other voices it can fail (CREMA-D: 2 of 8). Details in About.")
 
 LIMITS = """\
 ## Honest limits
@@ -73,12 +75,13 @@ LIMITS = """\
 - The default encoder is trained on **synthetic** acted speech (corpus v2: espeak-ng, MBROLA, flite,
   festival, RHVoice and Piper voices, the emotion only in prosody, every other effect drawn independently
   of the label) **and on real acted English speech**: RAVDESS actors 1-10 (each clip also once through a
-  random microphone, room, noise and codec), in four classes: neutral, happy, sad, angry. Its measured
+  random microphone, room, noise and codec), in four classes: neutral, happy, sad, angry; its emotion head
+  also heard two Polish speakers (angry and neutral single words, CC BY 4.0). Its measured
   accuracy on real voices it never heard is above; real, spontaneous emotion is subtler and more varied
   than acted emotion, and other languages and recording conditions are harder still.
 - **Licence:** because it learnt from RAVDESS (CC BY-NC-SA 4.0), the shipped checkpoint inherits
-  RAVDESS's **non-commercial, share-alike** terms (and the MBROLA voices' non-commercial terms).
-  `OPEN=1 bash scripts/train_default.sh` builds a variant without any non-commercial data.
+  RAVDESS's **non-commercial, share-alike** terms (and the MBROLA voices' non-commercial terms), and the
+  Polish emotional speech corpus's CC BY 4.0 attribution (Miesikowska & Swisulski 2020). `OPEN=1 bash scripts/train_default.sh` builds a variant without any non-commercial data.
 - Emotion probabilities are the LLM's label scores after a softmax, not calibrated confidences.
 - Attention maps show where the model looks, not why it answers as it does.
 - Nothing here is a tool for judging people's feelings: do not use it to make decisions about anyone.
