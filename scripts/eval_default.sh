@@ -20,8 +20,11 @@ python -m eval.ser data/ravdess_split/manifest.jsonl --split test --out results/
 python -m eval.ser data/real_split/manifest.jsonl --split test --out results/real_ser.json --systems "$SER_SYSTEMS"
 # synthetic v2 test split
 python -m eval.ser "$M" --out results/ser.json --systems "$SER_SYSTEMS,neutral_aligned"
-python -m semollama_core audit data/mix/manifest.jsonl --out results/audit_training_corpus.json
-python -m semollama_core audit data/mix_real/manifest.jsonl --out results/audit_head_corpus.json
+# artefact audits: the rows the models were trained on (train), then every row (held-back ones included)
+python -m semollama_core audit data/mix/manifest.jsonl --split train --out results/audit_training_corpus.json
+python -m semollama_core audit data/mix_real/manifest.jsonl --split train --out results/audit_head_corpus.json
+python -m semollama_core audit data/mix/manifest.jsonl --out results/audit_training_corpus_all_splits.json
+python -m semollama_core audit data/mix_real/manifest.jsonl --out results/audit_head_corpus_all_splits.json
 python -m eval.align "$M" --out results/align.json --limit "${ALIGN_LIMIT:-192}" \
   --systems speech_llm,speech_only,text_only,cascade,neutral_aligned,oracle
 # the emotion-fit proxy checked on those oracle answers (n and intervals)

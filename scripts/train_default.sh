@@ -42,8 +42,10 @@ else
   python -m semollama_core mix --out "$MIX_REAL" data/synth_v2/manifest.jsonl "$RAVDESS" data/real/manifest.jsonl \
     --speaker-splits "$SPLITS/ravdess_splits.json" --speaker-splits "$SPLITS/real_splits.json" --augment 1
 fi
-python -m semollama_core audit "$MIX/manifest.jsonl" --out "$MIX/audit.json"
-python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --out "$MIX_REAL/audit.json"
+# artefact audits of what the models learn from (the train rows), and of every row
+python -m semollama_core audit "$MIX/manifest.jsonl" --split train --out "$MIX/audit.json"
+python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --split train --out "$MIX_REAL/audit.json"
+python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --out "$MIX_REAL/audit_all_splits.json"
 python -m semollama_core train-ser "$MIX_REAL/manifest.jsonl" --out assets/standalone_ser
 # stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
 # corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
