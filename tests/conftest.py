@@ -1,6 +1,7 @@
 """Shared fixtures: real embedded models, small real audio synthesised here."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Helper modules of the split test files, imported by them by name: their asserts report
+# like the tests' own (and ratings_support, also a plugin for its fixture, is not warned about).
+pytest.register_assert_rewrite("reliability_support", "ratings_support")
 
 
 def speak(text: str, path: Path, *, pitch: int = 50, speed: int = 170, voice: str = "en-us") -> Path:
@@ -53,3 +57,19 @@ def frozen_llm_nf4():
     from semollama_core.model.llm import load_llm
 
     return load_llm(SEmoConfig(quantization="nf4"))
+
+
+@pytest.fixture(scope="session")
+def report_bad_input_count(request):
+    """Prints, once at the end of the session, how many distinct bad or unusual inputs the
+    reliability tests (test_reliability_*.py, which all use this fixture) tried, in total;
+    they count them with reliability_support.tried."""
+    yield
+    from reliability_support import BAD_INPUTS
+
+    refused, handled = len(BAD_INPUTS["refused"]), len(BAD_INPUTS["handled"])
+    line = (f"reliability tests: {refused + handled} distinct bad or unusual inputs tried "
+            f"({refused} refused with a clear message, {handled} handled: loaded, stored plain or shown inert)")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + line)
