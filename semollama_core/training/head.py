@@ -29,7 +29,7 @@ def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, 
     return torch.cat(rows)
 
 
-def _source(utt) -> str:
+def clip_source(utt) -> str:
     """Which corpus a clip came from (the `source` column of a mixed manifest, else `corpus`)."""
     return str(utt.extra.get("source") or utt.extra.get("corpus") or "")
 
@@ -39,8 +39,8 @@ def balanced_weights(utts: list, labels: list[str]) -> torch.Tensor:
     real clips are not drowned by thousands of synthetic ones, and no class by another."""
     cells: dict[tuple[str, str], int] = {}
     for u in utts:
-        cells[(_source(u), u.emotion)] = cells.get((_source(u), u.emotion), 0) + 1
-    w = torch.tensor([1.0 / cells[(_source(u), u.emotion)] for u in utts])
+        cells[(clip_source(u), u.emotion)] = cells.get((clip_source(u), u.emotion), 0) + 1
+    w = torch.tensor([1.0 / cells[(clip_source(u), u.emotion)] for u in utts])
     return w * len(w) / w.sum()
 
 
@@ -62,18 +62,23 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
     for p in head.parameters():
         p.requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
-    for module in head:
-        if isinstance(module, torch.nn.Linear):
-            module.reset_parameters()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    head.train()
-    for _ in tqdm(range(epochs), desc="emotion head", unit="epoch"):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), 64):
-            b = order[i:i + 64].to(x.device)
-            loss = (torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1,
-                                                      reduction="none") * weights[b]).sum() / weights[b].sum()
-            optimizer.zero_grad(), loss.backward(), optimizer.step()
+    # Initialisation and dropout draw from torch's global generator: seed it here (and give the
+    # caller's state back after), so the head depends on `seed` and the data alone, not on
+    # whatever the process drew before (fit-head and the stage-1 fit are then repeatable).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in head:
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+        head.train()
+        for _ in tqdm(range(epochs), desc="emotion head", unit="epoch"):
+            order = torch.randperm(len(x), generator=generator)
+            for i in range(0, len(x), 64):
+                b = order[i:i + 64].to(x.device)
+                loss = (torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1,
+                                                          reduction="none") * weights[b]).sum() / weights[b].sum()
+                optimizer.zero_grad(), loss.backward(), optimizer.step()
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
@@ -81,9 +86,9 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
     report = {}
     dev_clips = [c for c in dev_clips if c[0].emotion in labels]
     parts = [("train", train_clips), ("dev", dev_clips)]
-    sources = sorted({_source(u) for u, _, _ in dev_clips})
+    sources = sorted({clip_source(u) for u, _, _ in dev_clips})
     if len(sources) > 1:  # each corpus apart: real speech is the goal, not the synthetic average
-        parts += [(f"dev_{src}", [c for c in dev_clips if _source(c[0]) == src]) for src in sources]
+        parts += [(f"dev_{src}", [c for c in dev_clips if clip_source(c[0]) == src]) for src in sources]
     for split, clips in parts:
         if clips:
             with torch.no_grad():
