@@ -6,6 +6,7 @@ embedded default (SEMOLLAMA_QUANTIZATION=none unless set, for speed) with 8 new 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -50,6 +51,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def served(demo):
+    """Launch a built demo on a free local port, yield its URL, close it after."""
+    import app
+
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.launch_options(demo))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 @dataclass(frozen=True)
 class AppServer:
     url: str
@@ -81,10 +96,5 @@ def app_server(tmp_path_factory) -> AppServer:
     settings = AppSettings(examples_dir=str(examples), ratings_url=f"sqlite:///{work / 'ratings.sqlite'}",
                            admin_password=ADMIN_PASSWORD, max_upload_mb=MAX_UPLOAD_MB, queue_size=8)
     demo = app.build_demo(system_factory, settings)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options(demo))
-    try:
-        yield AppServer(f"http://127.0.0.1:{port}/", demo, examples, work)
-    finally:
-        demo.close()
+    with served(demo) as url:
+        yield AppServer(url, demo, examples, work)

@@ -75,7 +75,7 @@ def rating_app(app_server, tmp_path_factory) -> RatingApp:
     from ui.ratings import RatingStore
     from ui.backend import AppSettings
 
-    from conftest_app import free_port
+    from conftest_app import served
 
     work = tmp_path_factory.mktemp("reliability")
     examples = hostile_examples(app_server, work / "examples")
@@ -87,13 +87,8 @@ def rating_app(app_server, tmp_path_factory) -> RatingApp:
                            show_transcript=True, rating_set=RATING_SET, max_upload_mb=app_server.max_upload_mb)
     # The Talk tab here shares the session's loaded system (loaded on first use).
     demo = app.build_demo(lambda: app_server.demo.backend.system, settings)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_options(demo))
-    try:
-        yield RatingApp(f"http://127.0.0.1:{port}/", demo, db_path, examples)
-    finally:
-        demo.close()
+    with served(demo) as url:
+        yield RatingApp(url, demo, db_path, examples)
 
 
 def assert_inert_markdown(text: str) -> None:

@@ -58,7 +58,7 @@ On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. Before the he
 the same RAVDESS clips and 0.050 on the same Polish clips (it called most of them "sad"). The 8 CREMA-D clips
 are too few to say much (2 right; both angry clips come out "happy"). Expect it to fail on voices,
 languages and recording conditions unlike those it learnt from: its emotion head refitted without RAVDESS
-scores 0.344 on RAVDESS dev speakers (n=56, 0.745 with RAVDESS), so the synthetic voices alone teach it
+scores 0.375 on RAVDESS dev speakers (n=56, 0.760 with RAVDESS), so the synthetic voices alone teach it
 little that carries to people (`scripts/cross_corpus_dev.py`).
 """
 
