@@ -4,6 +4,9 @@
 #   bash scripts/train_default.sh              # the shipped default: synthetic corpus v2 + RAVDESS actors 1-10
 #                                              # (+ Polish speakers m1-m2 for the emotion head and standalone SER)
 #   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2, no MBROLA)
+#   SENTENCES=8 STEPS=4 NEUTRAL_STEPS=2 LEX_STEPS=2 LEX_NEUTRAL_STEPS=2 LEX_CLIPS=8 TARGET_CLIPS=16 HEAD_EPOCHS=5 \
+#     bash scripts/train_default.sh              # a rehearsal of every command at miniature scale (in a scratch
+#                                              # clone: it overwrites assets/ like the real run)
 #
 # The default reads RAVDESS from ../shared/data/ravdess (CC BY-NC-SA 4.0): checkpoints trained
 # with it inherit its non-commercial, share-alike terms (see assets/speech_llm/README.md).
@@ -19,6 +22,10 @@ LEX_STEPS=${LEX_STEPS:-80}
 LEX_NEUTRAL_STEPS=${LEX_NEUTRAL_STEPS:-60}
 LEX_CLIPS=${LEX_CLIPS:-240}            # clips whose ASR hypotheses stage 2 reads (cached, resumable)
 TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the frozen LLM writes (the head sees every clip)
+SENTENCES=${SENTENCES:-}              # synth: N of the shipped sentences (empty: all 424)
+HEAD_EPOCHS=${HEAD_EPOCHS:-60}          # fit-head epochs
+SYNTH_ARGS=(--workers 2)
+if [ -n "$SENTENCES" ]; then SYNTH_ARGS+=(--sentences "$SENTENCES"); fi
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
 MIX=data/mix
 SPLITS=semollama_core/corpus/resources
@@ -30,12 +37,12 @@ if [ "${OPEN:-0}" = "1" ]; then
   # no non-commercial data: no RAVDESS, and no MBROLA voices (their databases are non-commercial)
   MIX=data/mix_open
   MIX_REAL=data/mix_open_real
-  python -m semollama_core synth --out data/synth_v2_open --workers 2 --engines espeak-ng,flite,festival,rhvoice,piper
+  python -m semollama_core synth --out data/synth_v2_open "${SYNTH_ARGS[@]}" --engines espeak-ng,flite,festival,rhvoice,piper
   python -m semollama_core mix --out "$MIX" data/synth_v2_open/manifest.jsonl
   python -m semollama_core mix --out "$MIX_REAL" data/synth_v2_open/manifest.jsonl data/real/manifest.jsonl \
     --speaker-splits "$SPLITS/real_splits.json" --augment 1
 else
-  python -m semollama_core synth --out data/synth_v2 --workers 2    # splits by sentence and by person; audit at the end
+  python -m semollama_core synth --out data/synth_v2 "${SYNTH_ARGS[@]}"    # splits by sentence and by person; audit at the end
   # real voices: RAVDESS split by speaker, each training clip also once through the label-free channel
   python -m semollama_core mix --out "$MIX" data/synth_v2/manifest.jsonl "$RAVDESS" \
     --speaker-splits "$SPLITS/ravdess_splits.json" --augment 1
@@ -65,6 +72,7 @@ python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_lex --ta
   --steps "$LEX_NEUTRAL_STEPS" --lr 1e-3
 # stage 3: the emotion head refitted on the wider mix (real voices alignment never read); every other
 # weight of stage 2 stays bit-identical, and the posterior reaches the LLM through the same emotion token
-python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head
+python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head \
+  --epochs "$HEAD_EPOCHS"
 python -m semollama_core export runs/speech_llm_head assets/speech_llm
 python -m semollama_core export runs/neutral_lex assets/neutral_aligned
