@@ -13,7 +13,7 @@ from semollama_core.model import prompts
 from semollama_core.model.audio import SAMPLE_RATE, AudioError, load_audio
 from semollama_core.config import SEmoConfig
 from semollama_core.model.encoder import speech_embeddings
-from semollama_core.model.generation import DecodingOptions
+from semollama_core.model.generation import DecodingOptions, repeat_start, until_repeat
 from semollama_core.model.llm import assert_frozen, load_llm
 from semollama_core.model.pipeline import PromptInput
 
@@ -131,6 +131,28 @@ def test_streaming_and_non_streaming_greedy_give_the_same_text(system_fp32, spee
         assert streamed, "nothing streamed"
         assert streamed[-1] == full
         assert all(b.startswith(a[: max(0, len(a) - 3)]) for a, b in zip(streamed, streamed[1:]))
+
+
+def test_loop_guard_ends_an_answer_where_it_starts_repeating_itself(system_fp32):
+    prompt = PromptInput("text_only", transcript="I lost my keys again.")
+    loose = system_fp32.generate([prompt], DecodingOptions(max_new_tokens=48, end_on_repeat=False))[0]
+    guarded = system_fp32.generate([prompt], DecodingOptions(max_new_tokens=48))[0]
+    repeated = "I'm here to help you with anything you need."
+    assert loose.count(repeated) >= 2, loose          # the embedded 135M LLM loops on this turn
+    assert guarded.count(repeated) == 1 and loose.startswith(guarded) and guarded.endswith(repeated), guarded
+    assert list(system_fp32.stream(prompt, DecodingOptions(max_new_tokens=48)))[-1] == guarded
+    # a fixed length (benchmarks) switches the guard off
+    fixed = DecodingOptions(max_new_tokens=48, min_new_tokens=48)
+    assert system_fp32.generate([prompt], fixed)[0].count(repeated) >= 2
+
+
+def test_repeat_start_finds_a_repeated_sentence_only():
+    assert repeat_start("Ivania, I am a Romani. I am a Romani.") == len("Ivania, I am a Romani. ")
+    assert repeat_start("I'm so glad. (I'm so glad.)") == len("I'm so glad. ")
+    assert repeat_start("A. B. a!") == len("A. B. ")
+    for fine in ("Hello. How are you?", "It costs 3.", "I think so. So.", "Sorry. Sorry", ""):
+        assert repeat_start(fine) is None, fine
+    assert list(until_repeat(["Hi.", "Hi. Hi", "Hi. Hi.", "Hi. Hi. more"])) == ["Hi.", "Hi. Hi", "Hi."]
 
 
 def test_batched_generation_equals_one_by_one(system_fp32):

@@ -7,9 +7,10 @@ position of the prompt (logits_to_keep=1).
 from __future__ import annotations
 
 import copy
+import re
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -21,6 +22,12 @@ class DecodingOptions:
     top_p: float = 1.0
     seed: int = 0
     min_new_tokens: int = 0    # stop tokens are never picked before this many (benchmarks: equal lengths)
+    end_on_repeat: bool = True  # end an answer where it starts repeating one of its own sentences
+
+    @property
+    def guards_repeats(self) -> bool:
+        """The loop guard is on (never while min_new_tokens asks for a fixed length)."""
+        return self.end_on_repeat and not self.min_new_tokens
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 1024:
@@ -31,6 +38,45 @@ class DecodingOptions:
             raise ValueError("temperature must be between 0 and 2.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1].")
+
+
+_SENTENCE = re.compile(r"[^.!?]*[.!?]+[\"')\]]*(?:\s+|$)")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def _words(sentence: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", sentence.lower()))
+
+
+def repeat_start(text: str) -> int | None:
+    """Where `text` began repeating itself: the start of its last sentence, when that sentence
+    has just ended and its words (case and punctuation aside) are an earlier sentence's words or,
+    three words or more, their end ("I am a Romani." after "Ivania, I am a Romani."); else None."""
+    if not _SENTENCE_END.search(text):
+        return None
+    spans = [m.span() for m in _SENTENCE.finditer(text) if m.group().strip()]
+    if len(spans) < 2 or spans[-1][1] != len(text):
+        return None
+    last = _words(text[spans[-1][0]:])
+    if not last:
+        return None
+    for start, end in spans[:-1]:
+        earlier = _words(text[start:end])
+        if earlier == last or (last.count(" ") >= 2 and earlier.endswith(" " + last)):
+            return spans[-1][0]
+    return None
+
+
+def until_repeat(texts: Iterable[str]) -> Iterator[str]:
+    """The growing answer texts, ended where the answer starts repeating a sentence of its own
+    (a small LLM's loop): then the text without the repeat comes once more, and no more is read.
+    Streaming and batch answers both pass through here, so they stay identical."""
+    for text in texts:
+        start = repeat_start(text)
+        if start is not None:
+            yield text[:start].rstrip()
+            return
+        yield text
 
 
 def stop_token_ids(tokenizer) -> list[int]:

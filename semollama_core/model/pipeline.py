@@ -19,7 +19,8 @@ from ..config import EMBEDDED_WHISPER, ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech, unpadded_rows
 from .encoder import (SpeechFeatures, build_adapter, collate_features, collate_utterance, extract_features,
                       speech_embeddings)
-from .generation import DecodingOptions, PrefixCache, decode, label_log_likelihoods, stop_token_ids
+from .generation import (DecodingOptions, PrefixCache, decode, label_log_likelihoods, stop_token_ids,
+                         until_repeat)
 from .attention import AttentionCapture, capture_attention
 from .llama_cpp_decode import LlamaCppModel, choose_decoder, context_size, load_for, token_picker
 from .llm import FrozenLLM, load_llm
@@ -229,20 +230,27 @@ class SEmoLlama:
         options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
         batch = self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=assistant_start,
                                     speech=speech)
-        ids = [self._answer_ids(tokens) for tokens in self._token_streams(batch, options)]
-        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+        if not options.guards_repeats:
+            ids = [self._answer_ids(tokens) for tokens in self._token_streams(batch, options)]
+            return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+        return [_last(self._texts(tokens, options), "") for tokens in self._token_streams(batch, options)]
 
     def stream(self, prompt: PromptInput, options: DecodingOptions | None = None,
                system_prompt: str | None = None) -> Iterator[str]:
         """Yield the growing answer text as tokens arrive."""
         options = options or DecodingOptions(max_new_tokens=self.config.max_new_tokens)
         batch = self.encode_prompts([prompt], system_prompt=system_prompt)
-        tokens: list[int] = []
-        for t in self._token_streams(batch, options)[0]:
-            if t in self.stop_ids:
-                break
-            tokens.append(t)
-            yield self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        yield from self._texts(self._token_streams(batch, options)[0], options)
+
+    def _texts(self, tokens: Iterator[int], options: DecodingOptions) -> Iterator[str]:
+        """The growing answer text, token by token, up to the first stop token; with the loop
+        guard (options.end_on_repeat) it ends where the answer starts repeating itself."""
+        def growing():
+            ids: list[int] = []
+            for t in self._answer_ids(tokens):
+                ids.append(t)
+                yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return until_repeat(growing()) if options.guards_repeats else growing()
 
     def _answer_ids(self, tokens: Iterator[int]) -> list[int]:
         """A row's tokens up to (not including) its first stop token."""
@@ -354,4 +362,11 @@ class SEmoLlama:
 
 def load_system(config: SEmoConfig | None = None) -> SEmoLlama:
     return SEmoLlama(config or SEmoConfig.from_env())
+
+
+def _last(items: Iterator[str], default: str) -> str:
+    last = default
+    for last in items:
+        pass
+    return last
 

@@ -79,8 +79,9 @@ def _answer(system, name: str, prompt: PromptInput, options: DecodingOptions,
             system_prompt: str | None) -> Iterator[TokenEvent | AnswerEvent]:
     began = time.perf_counter()
     first, text, tokens = None, "", 0
-    for text in system.stream(prompt, options, system_prompt=system_prompt):
-        tokens += 1
+    for grown in system.stream(prompt, options, system_prompt=system_prompt):
+        tokens += len(grown) >= len(text)   # the loop guard's last text is shorter: the repeat cut, no new token
+        text = grown
         elapsed = _since(began)
         first = elapsed if first is None else first
         yield TokenEvent(name, text, tokens, elapsed)

@@ -23,7 +23,8 @@ from ..model.generation import DecodingOptions
 
 TASKS_EMOTION = ("respond", "ser", "asr", "caption")   # the speech_llm encoder's tasks
 TASKS_NEUTRAL = ("respond_neutral", "asr")             # AudioChatLlama-style, no emotion anywhere
-TARGET_DECODING = DecodingOptions(max_new_tokens=40)    # greedy; part of the cache fingerprint
+# greedy, part of the cache fingerprint; without the loop guard, as the shipped adapter's targets were written
+TARGET_DECODING = DecodingOptions(max_new_tokens=40, end_on_repeat=False)
 # Answers are cut per task: SER needs the named emotion and a few words, captions a sentence.
 TARGET_TOKENS = {"respond": 32, "respond_neutral": 32, "ser": 12, "caption": 24}
 
@@ -77,8 +78,17 @@ def fingerprint(llm_name: str, quantization: str, system_prompt: str | None, opt
     examples = [spec.user_turn + "|" + spec.assistant_start
                 for spec in specs_for("example", "sad", "a narrow pitch range", TASKS_EMOTION + TASKS_NEUTRAL)]
     parts = [llm_name, quantization, system_prompt or prompts.DEFAULT_SYSTEM_PROMPT,
-             *examples, json.dumps(asdict(options), sort_keys=True), json.dumps(TARGET_TOKENS, sort_keys=True)]
+             *examples, json.dumps(_decoding_settings(options), sort_keys=True), json.dumps(TARGET_TOKENS, sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _decoding_settings(options: DecodingOptions) -> dict:
+    """The settings that shape a target; the loop guard only when on (targets written before
+    it existed keep their fingerprint)."""
+    settings = asdict(options)
+    if not settings["end_on_repeat"]:
+        del settings["end_on_repeat"]
+    return settings
 
 
 class TargetCache:
@@ -167,7 +177,7 @@ def main(argv: list[str]) -> int:
 
     config = SEmoConfig.from_env(quantization=args.quantization, adapter=None)
     system = load_system(config)
-    options = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    options = DecodingOptions(max_new_tokens=args.max_new_tokens, end_on_repeat=TARGET_DECODING.end_on_repeat)
     cache = TargetCache(args.out, fingerprint(config.llm, config.quantization, config.system_prompt, options))
     specs = collect_specs(args.manifest, args.splits.split(","), tuple(args.tasks.split(",")))
     generate_targets(system, specs, cache, options, args.batch_size)
