@@ -247,7 +247,7 @@ class SEmoLlama:
         guard (options.end_on_repeat) it ends where the answer starts repeating itself."""
         def growing():
             ids: list[int] = []
-            for t in self._answer_ids(tokens):
+            for t in itertools.takewhile(lambda t: t not in self.stop_ids, tokens):   # lazily: a stream
                 ids.append(t)
                 yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return until_repeat(growing()) if options.guards_repeats else growing()
