@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eval.common import ua_bootstrap_ci  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from semollama_core.model.prosody import pitch_track  # noqa: E402
@@ -60,34 +61,29 @@ def functionals(audio: np.ndarray, transcript: str) -> np.ndarray:
 
 def normalised(x: np.ndarray, rows: list[dict], same_sentence: bool) -> np.ndarray:
     """Each row minus the mean of its voice's rows of the same sentence (`same_sentence`) or
-    of the other sentences (zero where there are none)."""
+    of the other sentences (zero where there are none). A voice lies in one split only."""
     by_voice = defaultdict(list)
     for i, r in enumerate(rows):
         by_voice[r["speaker"]].append(i)
-    out = np.empty_like(x)
+    out = np.zeros_like(x)
     for i, r in enumerate(rows):
         ref = [j for j in by_voice[r["speaker"]] if (rows[j]["sentence_id"] == r["sentence_id"]) == same_sentence]
-        out[i] = x[i] - x[ref].mean(axis=0) if ref else x[i] - x[i]
+        if ref:
+            out[i] = x[i] - x[ref].mean(axis=0)
     return out
 
 
-def fit_and_score(x_train, y_train, x_dev, y_dev, sentences, seed: int = 0) -> dict:
+def fit_and_score(x_train, y_train, x_dev, y_dev, sentences) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
     model.fit(x_train, y_train)
-    pred = model.predict(x_dev)
-    rng = np.random.default_rng(seed)
-    ids = np.unique(sentences)
-    groups = {s: np.flatnonzero(sentences == s) for s in ids}
-    boots = []
-    for _ in range(2000):
-        take = np.concatenate([groups[s] for s in rng.choice(ids, len(ids))])
-        boots.append(unweighted_accuracy(y_dev[take].tolist(), pred[take].tolist(), LABELS))
-    return {"ua": round(unweighted_accuracy(y_dev.tolist(), pred.tolist(), LABELS), 3),
-            "ua_ci95": [round(float(v), 3) for v in np.percentile(boots, [2.5, 97.5])], "n": int(len(y_dev))}
+    pred = model.predict(x_dev).tolist()
+    return {"ua": round(unweighted_accuracy(y_dev.tolist(), pred, LABELS), 3),
+            "ua_ci95": [round(v, 3) for v in ua_bootstrap_ci(y_dev.tolist(), pred, LABELS, sentences.tolist())],
+            "n": int(len(y_dev))}
 
 
 def main(argv=None) -> int:
@@ -103,14 +99,8 @@ def main(argv=None) -> int:
     y = np.array([r["emotion"] for r in rows])
     train = np.array([r["split"] == "train" for r in rows])
     sentences = np.array([r["sentence_id"] for r in rows])
-    train_rows = [r for r, t in zip(rows, train) if t]
-    dev_rows = [r for r, t in zip(rows, train) if not t]
-    order = np.concatenate([np.flatnonzero(train), np.flatnonzero(~train)])
-    variants = {"per_clip": x}
-    for name, same in (("voice_normalised", False), ("session_normalised", True)):
-        variants[name] = np.empty_like(x)
-        variants[name][order] = np.concatenate([normalised(x[train], train_rows, same),
-                                                normalised(x[~train], dev_rows, same)])
+    variants = {"per_clip": x, "voice_normalised": normalised(x, rows, same_sentence=False),
+                "session_normalised": normalised(x, rows, same_sentence=True)}
     result = {"command": "python scripts/v2_reference_dev.py " + " ".join(argv or sys.argv[1:]),
               "features": list(NAMES), "train_n": int(train.sum()), "dev_voices": len({r["speaker"] for r, t in
                                                                                    zip(rows, train) if not t})}

@@ -231,7 +231,7 @@ class SEmoLlama:
         batch = self.encode_prompts(inputs, system_prompt=system_prompt, assistant_start=assistant_start,
                                     speech=speech)
         if not options.guards_repeats:
-            ids = [self._answer_ids(tokens) for tokens in self._token_streams(batch, options)]
+            ids = [list(self._answer_tokens(tokens)) for tokens in self._token_streams(batch, options)]
             return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
         return [_last(self._texts(tokens, options), "") for tokens in self._token_streams(batch, options)]
 
@@ -247,14 +247,15 @@ class SEmoLlama:
         guard (options.end_on_repeat) it ends where the answer starts repeating itself."""
         def growing():
             ids: list[int] = []
-            for t in itertools.takewhile(lambda t: t not in self.stop_ids, tokens):   # lazily: a stream
+            for t in self._answer_tokens(tokens):
                 ids.append(t)
                 yield self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return until_repeat(growing()) if options.guards_repeats else growing()
 
-    def _answer_ids(self, tokens: Iterator[int]) -> list[int]:
-        """A row's tokens up to (not including) its first stop token."""
-        return list(itertools.takewhile(lambda t: t not in self.stop_ids, tokens))
+    def _answer_tokens(self, tokens: Iterator[int]) -> Iterator[int]:
+        """A row's tokens up to (not including) its first stop token, lazily (a stream reads
+        them as they are decoded)."""
+        return itertools.takewhile(lambda t: t not in self.stop_ids, tokens)
 
     def _token_streams(self, batch: SplicedBatch, options: DecodingOptions) -> list[Iterator[int]]:
         """Each row's generated token ids, lazily: llama.cpp decodes row by row (no padding),
