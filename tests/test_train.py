@@ -131,6 +131,39 @@ def test_fit_head_refits_only_the_head_and_the_card_records_it(recipe, tmp_path)
     assert cli(["fit-head", str(recipe["manifest"]), "--run", str(refit), "--out", str(refit)]) == 1
 
 
+def test_fit_head_can_give_the_head_fewer_inputs_and_the_adapter_still_loads_and_names(recipe, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from semollama_core.config import SEmoConfig
+    from semollama_core.model.adapter import head_column_groups, load_adapter
+    from semollama_core.model.pipeline import PromptInput, SEmoLlama
+
+    refit = tmp_path / "refit"
+    cache = str(recipe["root"] / "targets" / "features")
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(refit),
+                "--epochs", "2", "--cache", cache, "--head-exclude", "backbone_mean,absolute"]) == 0
+    adapter = load_adapter(str(refit / "adapter"))
+    groups = head_column_groups(adapter.config)
+    assert adapter.config.head_exclude == ("backbone_mean", "absolute")
+    full = sum(len(groups[g]) for g in ("backbone_mean", "backbone_std", "prosody", "egemaps"))
+    width = full - len(set(groups["backbone_mean"]) | set(groups["absolute"]))
+    assert adapter.emotion_head[1].in_features == width == adapter.head_mean.shape[0] < full
+    before = load_file(str(recipe["lexical"] / "adapter" / "adapter.safetensors"))
+    after = load_file(str(refit / "adapter" / "adapter.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(("emotion_head.", "head_")))
+    system = SEmoLlama(SEmoConfig(quantization="none", adapter=str(refit / "adapter")))
+    clip_path = str(recipe["manifest"].parent / recipe["rows"][0]["audio"])
+    features = system.features(system.load(clip_path), transcribe=False)
+    prediction = system.predict_emotions([PromptInput("speech_llm", features)])[0]
+    assert prediction.label in adapter.config.labels
+    capsys.readouterr()
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(tmp_path / "x"),
+                "--cache", cache, "--head-exclude", "pitch"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unknown head column group(s) pitch") and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):
     from semollama_core.model.adapter import load_adapter
     from semollama_core.config import EMBEDDED_LLM, SEmoConfig

@@ -68,6 +68,11 @@ def _smile():
     return _local.smile
 
 
+def feature_names() -> list[str]:
+    """The names of the 88 eGeMAPS v02 functionals, in extract_features' column order."""
+    return list(_smile().feature_names)
+
+
 def extract_features(waveforms: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
     """eGeMAPS v02 functionals [n, 88] of 16 kHz mono clips."""
     from tqdm.auto import tqdm

@@ -49,6 +49,9 @@ class AdapterConfig:
     # pooled Conformer states), kept so that adapters trained with it still load.
     utterance_dim: int = UTTERANCE_DIM
     head_dim: int = 256
+    # Column groups of the head's input left out (head_column_groups: backbone_mean, backbone_std,
+    # prosody, egemaps, absolute); () reads them all, as adapters written before this field did.
+    head_exclude: tuple[str, ...] = ()
     # "asr": after the speech tokens the LLM also reads the clip's ASR hypothesis as text (the
     # lexical path; see LEXICAL_TASKS in prompts.py). "": speech tokens only (the first design).
     lexical: str = ""
@@ -66,6 +69,7 @@ class AdapterConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["labels"] = tuple(data.get("labels", ()))
+        data["head_exclude"] = tuple(data.get("head_exclude", ()))
         data.setdefault("utterance_dim", 0)  # written before the functionals head existed
         return cls(**data)
 
@@ -93,6 +97,8 @@ class SpeechAdapter(nn.Module):
         n_labels = max(1, len(config.labels))
         if config.utterance_dim:
             width = head_input_dim(config)
+            if config.head_exclude:  # the kept columns of head_inputs' full vector
+                self.register_buffer("head_columns", torch.tensor(head_columns(config)), persistent=False)
             # standardisation of the head's inputs, set from the training clips (fit_emotion_head)
             self.register_buffer("head_mean", torch.zeros(width))
             self.register_buffer("head_std", torch.ones(width))
@@ -151,8 +157,9 @@ class SpeechAdapter(nn.Module):
         n = valid.sum(1).clamp(min=1)
         mean = (backbone_states * valid).sum(1) / n
         std = (((backbone_states - mean[:, None]) ** 2 * valid).sum(1) / n).sqrt()
-        return torch.cat([mean, std, prosody_stats(prosody, frame_lengths).to(mean.dtype),
+        full = torch.cat([mean, std, prosody_stats(prosody, frame_lengths).to(mean.dtype),
                           utterance.to(mean.dtype)], dim=-1)
+        return full[:, self.head_columns] if self.config.head_exclude else full
 
     def head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.emotion_head((inputs - self.head_mean) / self.head_std)
@@ -201,7 +208,48 @@ PROSODY_STATS_DIM = 2 * PROSODY_DIM + 5
 
 
 def head_input_dim(config: AdapterConfig) -> int:
+    if config.head_exclude:
+        return len(head_columns(config))
     return 2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim
+
+
+def head_columns(config: AdapterConfig) -> list[int]:
+    """The columns of head_inputs' full vector that the head reads (all but config.head_exclude)."""
+    groups = head_column_groups(config)
+    unknown = sorted(set(config.head_exclude) - set(groups))
+    if unknown:
+        raise ValueError(f"Unknown head column group(s) {', '.join(unknown)}; known: {', '.join(groups)}.")
+    dropped = {i for name in config.head_exclude for i in groups[name]}
+    return [i for i in range(2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim) if i not in dropped]
+
+
+# prosody_stats columns that carry a voice's own pitch rather than its movement: the mean and
+# spread of absolute F0 over all frames, and its mean over voiced frames
+_ABSOLUTE_PROSODY_STATS = (0, PROSODY_DIM, 2 * PROSODY_DIM)
+
+
+def _absolute_egemaps(name: str) -> bool:
+    """eGeMAPS functionals that follow a voice's pitch level or the recording level."""
+    if name.startswith("F0semitoneFrom27.5Hz_sma3nz_") and ("amean" in name or "percentile" in name):
+        return True
+    if name.startswith("loudness_sma3_") and name != "loudness_sma3_stddevNorm":
+        return True
+    return name == "equivalentSoundLevel_dBp"
+
+
+def head_column_groups(config: AdapterConfig) -> dict[str, list[int]]:
+    """Column indices of the head's input (head_inputs) by group: backbone_mean, backbone_std,
+    prosody, egemaps, and `absolute` (within prosody and egemaps: pitch level and loudness)."""
+    from ..baselines.standalone_ser import feature_names
+
+    d, start = config.backbone_dim, 2 * config.backbone_dim
+    egemaps_start = start + PROSODY_STATS_DIM
+    names = feature_names() if config.utterance_dim else []
+    return {"backbone_mean": list(range(d)), "backbone_std": list(range(d, start)),
+            "prosody": list(range(start, egemaps_start)),
+            "egemaps": list(range(egemaps_start, egemaps_start + config.utterance_dim)),
+            "absolute": [start + i for i in _ABSOLUTE_PROSODY_STATS]
+            + [egemaps_start + i for i, name in enumerate(names) if _absolute_egemaps(name)]}
 
 
 def prosody_stats(prosody: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,11 @@ RUN_FILES = ("log.csv", "train_options.json", "run_info.json", "loss_curve.png")
 
 
 def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epochs: int = 60, seed: int = 0,
-               cache: str | Path = "data/targets/features", command: list[str] | None = None) -> dict:
-    """Fit the head of RUN/adapter again on MANIFEST's train split (dev reported), write OUT."""
+               cache: str | Path = "data/targets/features", command: list[str] | None = None,
+               head_exclude: tuple[str, ...] | None = None) -> dict:
+    """Fit the head of RUN/adapter again on MANIFEST's train split (dev reported), write OUT.
+    `head_exclude` (column groups, model.adapter.head_column_groups) gives the new head other
+    inputs; None keeps the run's."""
     from ..config import SEmoConfig
     from ..model.adapter import save_adapter
     from ..model.pipeline import SEmoLlama
@@ -46,6 +49,8 @@ def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epoch
     adapter = system.adapter
     if not adapter.config.utterance_dim or not adapter.config.labels:
         raise ValueError(f"{run}/adapter has no utterance-functional emotion head to refit.")
+    if head_exclude is not None and tuple(head_exclude) != adapter.config.head_exclude:
+        adapter = with_head_inputs(adapter, tuple(head_exclude))
     clips = load_clips(manifest, ("train", "dev"), system, Path(cache))
     if not clips["train"]:
         raise ValueError(f"{manifest} has no training clips (split 'train').")
@@ -64,6 +69,20 @@ def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epoch
     return report
 
 
+def with_head_inputs(adapter, head_exclude: tuple[str, ...]):
+    """A copy of `adapter` whose (unfitted) head reads all but the `head_exclude` column groups;
+    every weight outside the head is copied bit for bit."""
+    import dataclasses
+
+    from ..model.adapter import SpeechAdapter
+
+    fresh = SpeechAdapter(dataclasses.replace(adapter.config, head_exclude=head_exclude))
+    kept = {k: v for k, v in adapter.state_dict().items() if not k.startswith(("head_", "emotion_head."))}
+    missing, unexpected = fresh.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith(("head_", "emotion_head.")) for k in missing), (missing, unexpected)
+    return fresh.to(next(adapter.parameters()).device).eval()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m semollama_core fit-head",
                                      description="Refit a trained adapter's emotion head on a manifest's train "
@@ -74,13 +93,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=60, help="head epochs (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="data/targets/features", help="feature cache (default %(default)s)")
+    parser.add_argument("--head-exclude", default=None, metavar="GROUPS",
+                        help="comma-separated column groups the new head does not read (backbone_mean, "
+                             "backbone_std, prosody, egemaps, absolute); 'none' reads all (default: the run's)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         print("error: --epochs must be at least 1.", file=sys.stderr)
         return 2
     try:
+        exclude = None if args.head_exclude is None else tuple(
+            g for g in args.head_exclude.split(",") if g and g != "none")
         report = refit_head(args.manifest, args.run, args.out, epochs=args.epochs, seed=args.seed, cache=args.cache,
-                            command=["python", "-m", "semollama_core", "fit-head", *argv])
+                            command=["python", "-m", "semollama_core", "fit-head", *argv], head_exclude=exclude)
     except (ValueError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
