@@ -159,8 +159,8 @@ def test_fit_head_can_give_the_head_fewer_inputs_and_the_adapter_still_loads_and
     capsys.readouterr()
     assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(tmp_path / "x"),
                 "--cache", cache, "--head-exclude", "pitch"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: Unknown head column group(s) pitch") and "\n" not in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: Unknown head column group(s) pitch")
     assert not (tmp_path / "x").exists()
 
 
