@@ -31,7 +31,7 @@ from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.adapter import head_column_groups  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
-from semollama_core.training.head import balanced_weights, clip_source, head_inputs  # noqa: E402
+from semollama_core.training.head import balanced_weights, clip_source, head_inputs, train_head  # noqa: E402
 from semollama_core.training.train import load_clips  # noqa: E402
 
 SYNTHETIC = "synth_v2"
@@ -49,21 +49,11 @@ VARIANTS = {
 
 def fit(x, y, w, *, seed: int, epochs: int, hidden: int = 256, weight_decay: float = 1e-2,
         input_dropout: float = 0.2, n_labels: int) -> torch.nn.Module:
-    """The recipe's head fit (training.head.fit_emotion_head) on standardised columns."""
-    torch.manual_seed(seed)
+    """The recipe's head (SpeechAdapter.emotion_head's layers) and loop (training.head.train_head)
+    on standardised columns, with the input dropout and weight decay as knobs."""
     head = torch.nn.Sequential(torch.nn.Dropout(input_dropout), torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(),
                                torch.nn.Dropout(0.5), torch.nn.Linear(hidden, n_labels))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), 64):
-            b = order[i:i + 64]
-            loss = (torch.nn.functional.cross_entropy(head(x[b]), y[b], label_smoothing=0.1, reduction="none")
-                    * w[b]).sum() / w[b].sum()
-            optimizer.zero_grad(), loss.backward(), optimizer.step()
-    return head.eval()
+    return train_head(head, x, y, w, epochs=epochs, seed=seed, weight_decay=weight_decay, progress=False)
 
 
 def main(argv: list[str]) -> int:

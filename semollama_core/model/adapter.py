@@ -207,10 +207,13 @@ class SpeechAdapter(nn.Module):
 PROSODY_STATS_DIM = 2 * PROSODY_DIM + 5
 
 
-def head_input_dim(config: AdapterConfig) -> int:
-    if config.head_exclude:
-        return len(head_columns(config))
+def _full_head_width(config: AdapterConfig) -> int:
+    """Width of head_inputs' full vector: backbone mean and spread, prosody statistics, eGeMAPS."""
     return 2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim
+
+
+def head_input_dim(config: AdapterConfig) -> int:
+    return len(head_columns(config)) if config.head_exclude else _full_head_width(config)
 
 
 def head_columns(config: AdapterConfig) -> list[int]:
@@ -220,7 +223,7 @@ def head_columns(config: AdapterConfig) -> list[int]:
     if unknown:
         raise ValueError(f"Unknown head column group(s) {', '.join(unknown)}; known: {', '.join(groups)}.")
     dropped = {i for name in config.head_exclude for i in groups[name]}
-    return [i for i in range(2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim) if i not in dropped]
+    return [i for i in range(_full_head_width(config)) if i not in dropped]
 
 
 # prosody_stats columns that carry a voice's own pitch rather than its movement: the mean and

@@ -44,6 +44,33 @@ def balanced_weights(utts: list, labels: list[str]) -> torch.Tensor:
     return w * len(w) / w.sum()
 
 
+def train_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, *, epochs: int,
+               seed: int = 0, weight_decay: float = 1e-2, progress: bool = True) -> torch.nn.Module:
+    """The head's loop on standardised inputs `x`: fresh Linear weights, AdamW, batches of 64,
+    label smoothing 0.1, per-clip `weights`; the head is returned in eval mode.
+    Initialisation and dropout draw from torch's global generator: it is seeded here (and the
+    caller's state given back after), so the head depends on `seed` and the data alone, not on
+    whatever the process drew before (fit-head and the stage-1 fit are then repeatable)."""
+    for p in head.parameters():
+        p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in head:
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=weight_decay)
+        head.train()
+        for _ in tqdm(range(epochs), desc="emotion head", unit="epoch", disable=not progress):
+            order = torch.randperm(len(x), generator=generator)
+            for i in range(0, len(x), 64):
+                b = order[i:i + 64].to(x.device)
+                loss = (torch.nn.functional.cross_entropy(head(x[b]), y[b], label_smoothing=0.1,
+                                                          reduction="none") * weights[b]).sum() / weights[b].sum()
+                optimizer.zero_grad(), loss.backward(), optimizer.step()
+    return head.eval()
+
+
 def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list, *, epochs: int,
                      seed: int = 0, device: str = "cpu", balance: bool = True) -> dict:
     """Fit the emotion head alone on utterance functionals (no LLM: seconds), then freeze it,
@@ -58,28 +85,8 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
                else torch.ones(len(train_clips))).to(x.device)
     adapter.head_mean.copy_(x.mean(0))
     adapter.head_std.copy_(x.std(0).clamp(min=1e-3))
-    head = adapter.emotion_head
-    for p in head.parameters():
-        p.requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
-    # Initialisation and dropout draw from torch's global generator: seed it here (and give the
-    # caller's state back after), so the head depends on `seed` and the data alone, not on
-    # whatever the process drew before (fit-head and the stage-1 fit are then repeatable).
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for module in head:
-            if isinstance(module, torch.nn.Linear):
-                module.reset_parameters()
-        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-        head.train()
-        for _ in tqdm(range(epochs), desc="emotion head", unit="epoch"):
-            order = torch.randperm(len(x), generator=generator)
-            for i in range(0, len(x), 64):
-                b = order[i:i + 64].to(x.device)
-                loss = (torch.nn.functional.cross_entropy(adapter.head_logits(x[b]), y[b], label_smoothing=0.1,
-                                                          reduction="none") * weights[b]).sum() / weights[b].sum()
-                optimizer.zero_grad(), loss.backward(), optimizer.step()
-    head.eval()
+    head = train_head(adapter.emotion_head, (x - adapter.head_mean) / adapter.head_std, y, weights,
+                      epochs=epochs, seed=seed)
     for p in head.parameters():
         p.requires_grad_(False)
     adapter.head_frozen = True
