@@ -152,8 +152,10 @@ def _neutral_reference(voice: Voice, text: str) -> NeutralReference:
 
 
 def f0_track(samples: np.ndarray, rate: int, fmin: float = 60.0, fmax: float = 500.0) -> np.ndarray:
-    """F0 in Hz every 10 ms (the model's tracker, `prosody.pitch_track`); NaN where unvoiced."""
-    f0, _ = pitch_track(samples, rate, hop_s=0.01, fmin=fmin, fmax=fmax)
+    """F0 in Hz every 10 ms (the model's tracker, `prosody.pitch_track`); NaN where unvoiced.
+    It measures an engine's clean output, which has no rumble, so without the tracker's high-pass
+    and peak rule: plan-v2 clips then render byte for byte as they did before the tracker had them."""
+    f0, _ = pitch_track(samples, rate, hop_s=0.01, fmin=fmin, fmax=fmax, highpass_hz=0.0, peaks_only=False)
     return np.where(f0 > 0, f0.astype(np.float64), np.nan)
 
 

@@ -160,11 +160,17 @@ def attach_asr_hypotheses(manifest: str, clips: dict[str, list], system, cache_p
             features.transcript = heard.get(_feature_key(utt.audio_path))
 
 
+# Bump when the frozen features change for the same audio (backbone, prosody channel, eGeMAPS):
+# a cache entry of the old extractor is then never read. 2: the pitch tracker's 50 Hz high-pass.
+FEATURES_VERSION = 2
+
+
 def _feature_key(path: Path) -> str:
     import hashlib
 
     stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|features-v{FEATURES_VERSION}"
+                        .encode()).hexdigest()[:20]
 
 
 def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...], lexical: bool = False) -> list[Example]:
