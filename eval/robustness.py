@@ -1,11 +1,12 @@
 """SER under background noise: UA of every system as the SNR falls.
 
-    python -m eval.robustness MANIFEST --out DIR [--snrs clean,20,10,5,0] [--noise white,babble]
+    python -m eval.robustness MANIFEST --out DIR [--snrs clean,20,10,5,0] [--noise white,babble,brown]
     python -m eval.robustness --rescore DIR/predictions.jsonl --out DIR
 
 Noise is added to each clip before any system sees it (so ASR for text_only hears it
-too): white Gaussian noise, and babble made of four other clips of the manifest (each
-looped to the clip's length and set to equal level, then summed), scaled to the SNR
+too): white Gaussian noise, babble made of four other clips of the manifest (each
+looped to the clip's length and set to equal level, then summed), and (on request) brown
+noise, 1/f^2 like the rumble of a fan, traffic or a handled microphone; scaled to the SNR
 over the whole clip. Everything is seeded by clip path, noise kind and SNR. Writes
 DIR/robustness.json, DIR/predictions.jsonl and the figure DIR/robustness.html/.png.
 """
@@ -19,14 +20,15 @@ from typing import Sequence
 import numpy as np
 
 from semollama_core import QUANTIZATIONS
-from semollama_core import Utterance, mix_at_snr
+from semollama_core import Utterance, coloured_noise, mix_at_snr
 
 from .common import (rescore_or_evaluate, AUTO_SPLIT, EvalError, argument_parser, config_labels, evaluation_rows, load_system_from_args,
                      metadata, positive_int, run_cli, run_meta, save_figure, standalone_model, write_json,
                      write_predictions)
 from .ser import INTERVAL_NOTE, SER_SYSTEMS, class_scores, run_ser, ua_ci95
 
-NOISE_KINDS = ("white", "babble")
+NOISE_KINDS = ("white", "babble", "brown")
+DEFAULT_NOISE = ("white", "babble")
 CLEAN = "clean"
 BABBLE_TALKERS = 4
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
@@ -52,7 +54,7 @@ def parse_snrs(text: str) -> list[str | float]:
 
 
 class NoiseMaker:
-    """Seeded white or babble noise for each clip; babble talkers are other manifest clips."""
+    """Seeded white, babble or brown noise for each clip; babble talkers are other manifest clips."""
 
     def __init__(self, system, pool: Sequence[Utterance], seed: int = 0):
         self.system, self.pool, self.seed = system, list(pool), seed
@@ -61,8 +63,8 @@ class NoiseMaker:
     def noise(self, kind: str, utterance: Utterance, length: int, snr_label: str) -> np.ndarray:
         rng = np.random.default_rng([self.seed, zlib.crc32(str(utterance.audio_path).encode()),
                                      zlib.crc32(f"{kind}/{snr_label}".encode())])
-        if kind == "white":
-            return rng.standard_normal(length).astype(np.float32)
+        if kind in ("white", "brown"):
+            return coloured_noise(kind, length, rng).astype(np.float32)
         others = [u for u in self.pool if u.audio_path != utterance.audio_path]
         if not others:
             raise EvalError("Babble noise needs at least two clips in the manifest.")
@@ -132,7 +134,7 @@ def robustness_figure(report: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    dashes = {"white": "solid", "babble": "dash", "none": "dot"}
+    dashes = {"white": "solid", "babble": "dash", "brown": "dashdot", "none": "dot"}
     colours = dict(zip(report["systems"], _PALETTE * 2))
     for kind in report["noise"]:
         for system in report["systems"]:
@@ -158,7 +160,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("manifest", nargs="?", help="JSONL or CSV manifest (audio, emotion, ...)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--snrs", default="clean,20,10,5,0", help="comma-separated dB values and/or 'clean'")
-    parser.add_argument("--noise", default=",".join(NOISE_KINDS), help="comma-separated: white, babble")
+    parser.add_argument("--noise", default=",".join(DEFAULT_NOISE), help="comma-separated: white, babble, brown")
     parser.add_argument("--systems", default=None, help=f"comma-separated, from {','.join(SER_SYSTEMS)} "
                         "(default: every available one)")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N rows")

@@ -19,6 +19,7 @@ channel and eGeMAPS's F0 level, loudness and sound level.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -64,10 +65,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache", default="data/targets/features")
+    parser.add_argument("--prosody-version", type=int, default=None,
+                        help="prosody channel of the features (default: the shipped adapter's)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     system = SEmoLlama(SEmoConfig.from_env().replace(decoder="torch", device="cpu"))
     adapter = system.adapter
+    if args.prosody_version is not None:  # features of another prosody channel (the head is refitted anyway)
+        adapter.config = dataclasses.replace(adapter.config, prosody_version=args.prosody_version)
     labels = list(adapter.config.labels)
     clips = load_clips(args.manifest, ("train", "dev"), system, Path(args.cache))
     rows = {split: [c for c in clips[split] if c[0].emotion in labels] for split in ("train", "dev")}
@@ -109,6 +114,7 @@ def main(argv: list[str]) -> int:
             print(name, fit_name, json.dumps({k: v["mean"] for k, v in results[name]["fits"][fit_name].items()}),
                   flush=True)
     report = {"manifest": args.manifest, "seeds": seeds, "epochs": args.epochs,
+              "prosody_version": adapter.config.prosody_version,
               "dev_clips": {c: src["dev"].count(c) for c in corpora},
               "train_clips": {c: src["train"].count(c) for c in corpora}, "variants": results,
               "command": "python scripts/head_transfer_dev.py " + " ".join(argv)}

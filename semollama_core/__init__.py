@@ -30,6 +30,7 @@ _EXPORTS = {
     # audio and data
     "SAMPLE_RATE": "model.audio", "AudioError": "model.audio", "load_audio": "model.audio",
     "save_wav": "model.audio", "mix_at_snr": "model.audio", "speech_level_db": "model.audio",
+    "coloured_noise": "corpus.channel",
     "Utterance": "corpus.manifest", "ManifestError": "corpus.manifest", "iter_manifest": "corpus.manifest",
     "read_manifest": "corpus.manifest", "write_manifest": "corpus.manifest",
     "load_uploaded_manifest": "corpus.archive",

@@ -334,3 +334,22 @@ def test_attention_with_a_custom_system_prompt_labels_every_position(system_fp32
     assert capture.attentions.shape[-1] == len(capture.segments) == len(capture.input_tokens)
     system_text = "".join(t for t, s in zip(capture.input_tokens, capture.segments) if s == "system")
     assert "pirate" in system_text and "user" not in system_text
+
+
+def test_an_adapter_is_fed_the_prosody_channel_it_was_trained_on(system_fp32, speech_16k):
+    """The shipped adapter predates the tracker's high-pass: it loads as prosody v1 and the
+    pipeline feeds it v1 features, bit for bit; new adapters are v2 and round-trip as v2."""
+    from semollama_core.model.adapter import AdapterConfig
+    from semollama_core.model.prosody import PROSODY_VERSION, prosody_features
+
+    shipped = json.loads((ROOT / "assets" / "speech_llm" / "adapter_config.json").read_text())
+    assert "prosody_version" not in shipped
+    assert AdapterConfig.from_json(json.dumps(shipped)).prosody_version == 1
+    assert AdapterConfig().prosody_version == PROSODY_VERSION == 2
+    assert AdapterConfig.from_json(AdapterConfig().to_json()).prosody_version == 2
+    assert system_fp32.prosody_version == 1
+    features = system_fp32.features(speech_16k, transcribe=False)
+    n = features.n_frames
+    assert np.array_equal(features.prosody, prosody_features(speech_16k, n, 1))
+    with pytest.raises(ValueError, match="Unknown prosody version 9"):
+        prosody_features(speech_16k, n, 9)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write, atomic_write_text
-from .prosody import PROSODY_DIM
+from .prosody import PROSODY_DIM, PROSODY_VERSION
 
 UTTERANCE_DIM = 88  # openSMILE eGeMAPS v02 functionals of the whole clip
 WEIGHTS_FILE, CONFIG_FILE = "adapter.safetensors", "adapter_config.json"
@@ -59,6 +59,8 @@ class AdapterConfig:
     # read words only), so that the speech tokens of stage 1, and with them label scoring, can
     # stay exactly as they were while the LLM learns to read them next to words.
     lexical_prompt: int = 0
+    # Which prosody channel (prosody.PROSODY_VERSION) the adapter was trained on and is fed.
+    prosody_version: int = PROSODY_VERSION
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -71,6 +73,7 @@ class AdapterConfig:
         data["labels"] = tuple(data.get("labels", ()))
         data["head_exclude"] = tuple(data.get("head_exclude", ()))
         data.setdefault("utterance_dim", 0)  # written before the functionals head existed
+        data.setdefault("prosody_version", 1)  # written before the tracker's high-pass
         return cls(**data)
 
 

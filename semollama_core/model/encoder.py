@@ -8,7 +8,7 @@ import torch
 
 from .adapter import AdapterConfig, SpeechAdapter, load_adapter
 from .backbone import WhisperBackbone
-from .prosody import prosody_features
+from .prosody import PROSODY_VERSION, prosody_features
 
 
 @dataclass
@@ -24,9 +24,11 @@ class SpeechFeatures:
         return self.backbone_states.shape[0]
 
 
-def extract_features(backbone: WhisperBackbone, audio: np.ndarray) -> SpeechFeatures:
+def extract_features(backbone: WhisperBackbone, audio: np.ndarray,
+                     prosody_version: int = PROSODY_VERSION) -> SpeechFeatures:
+    """The frozen features of one clip, with the prosody channel an adapter was trained on."""
     states = backbone.encode(audio)
-    return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0]),
+    return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0], prosody_version),
                           utterance_features(audio))
 
 

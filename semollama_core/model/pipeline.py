@@ -88,7 +88,17 @@ class SEmoLlama:
         location = self.config.neutral_adapter
         if not location or not Path(location).exists():
             return None
-        return self._adapter(location)
+        adapter = self._adapter(location)
+        if adapter.config.prosody_version != self.prosody_version:  # one feature pass feeds both
+            raise ConfigError(f"The neutral_aligned adapter {location} reads prosody channel "
+                              f"v{adapter.config.prosody_version}, the speech_llm adapter v{self.prosody_version}; "
+                              "retrain one of them so that both read the same.")
+        return adapter
+
+    @property
+    def prosody_version(self) -> int:
+        """The prosody channel the speech_llm adapter was trained on, and so is fed."""
+        return self.adapter.config.prosody_version
 
     @functools.cached_property
     def transcriber(self) -> Transcriber:
@@ -134,7 +144,7 @@ class SEmoLlama:
     def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
         """Frozen features of a clip. `transcribe` (default: when an adapter reads words) adds
         the ASR hypothesis; label scoring never needs it."""
-        features = extract_features(self.backbone, audio)
+        features = extract_features(self.backbone, audio, self.prosody_version)
         if transcribe is None:
             transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
         if transcribe:

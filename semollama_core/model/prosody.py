@@ -21,6 +21,11 @@ VOICING_THRESHOLD = 0.45
 # the autocorrelation (below), bring that to 0.2 st with no clip off by 1 st (90 train clips) and
 # move about 2 % of a clean clip's frames (the period still shows in the harmonics).
 PITCH_HIGHPASS_HZ = 50.0
+# The prosody channel's versions: an adapter records the one it was trained on
+# (AdapterConfig.prosody_version) and is always fed that one. 1: the tracker without the
+# high-pass and peak rule (adapters written before the field existed); 2: with them.
+PROSODY_VERSION = 2
+_TRACKER = {1: {"highpass_hz": 0.0, "peaks_only": False}, 2: {}}
 PROSODY_DIM = 5
 FEATURE_NAMES = ("f0_abs", "f0_rel", "voicing", "energy_rel", "brightness")
 
@@ -74,9 +79,12 @@ def pitch_track(audio: np.ndarray, rate: int = SAMPLE_RATE, *, hop_s: float = HO
     return f0.numpy(), strength.clamp(0, 1).numpy()
 
 
-def prosody_features(audio: np.ndarray, n_frames: int | None = None) -> np.ndarray:
-    """[frames, PROSODY_DIM] float32, truncated or edge-padded to `n_frames`."""
-    f0, strength = pitch_track(audio)
+def prosody_features(audio: np.ndarray, n_frames: int | None = None, version: int = PROSODY_VERSION) -> np.ndarray:
+    """[frames, PROSODY_DIM] float32, truncated or edge-padded to `n_frames`, from the tracker of
+    prosody channel `version` (see PROSODY_VERSION)."""
+    if version not in _TRACKER:
+        raise ValueError(f"Unknown prosody version {version}; this code knows {sorted(_TRACKER)}.")
+    f0, strength = pitch_track(audio, **_TRACKER[version])
     x = torch.from_numpy(np.asarray(audio, dtype=np.float32))
     power = _spectrogram(x).T  # [frames, bins]
     n = min(len(f0), power.shape[0])

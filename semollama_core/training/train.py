@@ -87,7 +87,8 @@ class Example:
 
 # ----- data ------------------------------------------------------------------------------
 def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) -> dict[str, list]:
-    """Frozen features for every clip (cached on disk, fp16), with utterance metadata."""
+    """Frozen features for every clip (cached on disk, fp16), with utterance metadata; the prosody
+    channel is the one `system`'s adapter reads (AdapterConfig.prosody_version)."""
     from ..model.audio import load_audio
     from ..corpus.manifest import iter_manifest
     from ..model.encoder import extract_features, utterance_features
@@ -97,13 +98,13 @@ def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) 
     utts = [u for u in iter_manifest(manifest, require_emotion=True) if u.split in splits]
     cache_dir.mkdir(parents=True, exist_ok=True)
     for utt in tqdm(utts, desc="features", unit="clip"):
-        key = _feature_key(utt.audio_path)
+        key = _feature_key(utt.audio_path, system.prosody_version)
         path = cache_dir / f"{key}.npz"
         data = dict(np.load(path)) if path.exists() else None
         if data is None or "utterance" not in data:  # no utterance: cached before the head read eGeMAPS
             audio = load_audio(utt.audio_path)
             if data is None:
-                feats = extract_features(system.backbone, audio)
+                feats = extract_features(system.backbone, audio, system.prosody_version)
                 data = {"states": feats.backbone_states.astype(np.float16), "prosody": feats.prosody,
                         "utterance": feats.utterance, "describe": json.dumps(describe_prosody(audio))}
             else:
@@ -160,17 +161,14 @@ def attach_asr_hypotheses(manifest: str, clips: dict[str, list], system, cache_p
             features.transcript = heard.get(_feature_key(utt.audio_path))
 
 
-# Bump when the frozen features change for the same audio (backbone, prosody channel, eGeMAPS):
-# a cache entry of the old extractor is then never read. 2: the pitch tracker's 50 Hz high-pass.
-FEATURES_VERSION = 2
-
-
-def _feature_key(path: Path) -> str:
+def _feature_key(path: Path, prosody_version: int = 1) -> str:
+    """A clip's cache key: its file, and the prosody channel (v1 keys are those written before
+    there were versions, so their caches stay valid)."""
     import hashlib
 
     stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|features-v{FEATURES_VERSION}"
-                        .encode()).hexdigest()[:20]
+    version = "" if prosody_version == 1 else f"|prosody-v{prosody_version}"
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}{version}".encode()).hexdigest()[:20]
 
 
 def build_examples(clips: list, cache: TargetCache, tasks: tuple[str, ...], lexical: bool = False) -> list[Example]:
