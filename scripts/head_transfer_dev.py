@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import zlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from semollama_core import coloured_noise, mix_at_snr  # noqa: E402
 from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.adapter import head_column_groups  # noqa: E402
@@ -57,6 +60,24 @@ def fit(x, y, w, *, seed: int, epochs: int, hidden: int = 256, weight_decay: flo
     return train_head(head, x, y, w, epochs=epochs, seed=seed, weight_decay=weight_decay, progress=False)
 
 
+def noisy_dev_inputs(system, dev_rows: list, sources: list[str], spec: str) -> dict:
+    """{"brown10": (head inputs [n, width], dev row indices)}: the real (non-synthetic) dev rows
+    with seeded noise at each SNR of `spec` ("brown:10,brown:5"), through the adapter's features."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        kind, snr = item.split(":")
+        idx = [i for i, s in enumerate(sources) if s != SYNTHETIC]
+        features = []
+        for i in tqdm(idx, desc=f"{kind} {snr} dB", unit="clip"):
+            utt = dev_rows[i][0]
+            audio = system.load(str(utt.audio_path))
+            rng = np.random.default_rng([zlib.crc32(str(utt.audio_path).encode()), zlib.crc32(item.encode())])
+            features.append(system.features(mix_at_snr(audio, coloured_noise(kind, len(audio), rng), float(snr)),
+                                            transcribe=False))
+        out[f"{kind}{snr}"] = (head_inputs(system.adapter, features, "cpu").float(), idx)
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="mixed manifest with a `source` column and train/dev splits")
@@ -65,6 +86,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache", default="data/targets/features")
+    parser.add_argument("--noisy-dev", default="",
+                        help="also score the 'all' fit on the real dev rows under noise, e.g. brown:10,brown:5 "
+                             "(kinds: white, pink, brown; SNR in dB)")
     parser.add_argument("--prosody-version", type=int, default=None,
                         help="prosody channel of the features (default: the shipped adapter's)")
     args = parser.parse_args(argv)
@@ -81,6 +105,7 @@ def main(argv: list[str]) -> int:
     src = {split: [clip_source(u) for u, _, _ in r] for split, r in rows.items()}
     groups = head_column_groups(adapter.config)
     corpora = sorted(set(src["train"]))
+    noisy = noisy_dev_inputs(system, rows["dev"], src["dev"], args.noisy_dev)
     results: dict = {}
     for name in args.variants.split(","):
         excluded, settings = VARIANTS[name]
@@ -103,6 +128,14 @@ def main(argv: list[str]) -> int:
                     truth = [labels[int(y["dev"][i])] for i in idx]
                     scores.setdefault(f"{corpus}.ua", []).append(unweighted_accuracy(
                         truth, [labels[int(logits[i].argmax())] for i in idx], tuple(labels)))
+                    for condition, (x_noisy, noisy_idx) in noisy.items() if left_out is None else ():
+                        if corpus in {src["dev"][i] for i in noisy_idx}:
+                            with torch.no_grad():
+                                noisy_logits = head((x_noisy[:, keep] - mean) / std)
+                            pick = [k for k, i in enumerate(noisy_idx) if src["dev"][i] == corpus]
+                            scores.setdefault(f"{corpus}.{condition}.ua", []).append(unweighted_accuracy(
+                                [labels[int(y["dev"][noisy_idx[k]])] for k in pick],
+                                [labels[int(noisy_logits[k].argmax())] for k in pick], tuple(labels)))
                     if set(truth) == {"angry", "neutral"}:
                         a, n = labels.index("angry"), labels.index("neutral")
                         scores.setdefault(f"{corpus}.angry_vs_neutral", []).append(unweighted_accuracy(

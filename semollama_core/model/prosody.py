@@ -25,7 +25,7 @@ PITCH_HIGHPASS_HZ = 50.0
 # (AdapterConfig.prosody_version) and is always fed that one. 1: the tracker without the
 # high-pass and peak rule (adapters written before the field existed); 2: with them.
 PROSODY_VERSION = 2
-_TRACKER = {1: {"highpass_hz": 0.0, "peaks_only": False}, 2: {}}
+PITCH_TRACKERS = {1: {"highpass_hz": 0.0, "peaks_only": False}, 2: {}}
 PROSODY_DIM = 5
 FEATURE_NAMES = ("f0_abs", "f0_rel", "voicing", "energy_rel", "brightness")
 
@@ -82,9 +82,9 @@ def pitch_track(audio: np.ndarray, rate: int = SAMPLE_RATE, *, hop_s: float = HO
 def prosody_features(audio: np.ndarray, n_frames: int | None = None, version: int = PROSODY_VERSION) -> np.ndarray:
     """[frames, PROSODY_DIM] float32, truncated or edge-padded to `n_frames`, from the tracker of
     prosody channel `version` (see PROSODY_VERSION)."""
-    if version not in _TRACKER:
-        raise ValueError(f"Unknown prosody version {version}; this code knows {sorted(_TRACKER)}.")
-    f0, strength = pitch_track(audio, **_TRACKER[version])
+    if version not in PITCH_TRACKERS:
+        raise ValueError(f"Unknown prosody version {version}; this code knows {sorted(PITCH_TRACKERS)}.")
+    f0, strength = pitch_track(audio, **PITCH_TRACKERS[version])
     x = torch.from_numpy(np.asarray(audio, dtype=np.float32))
     power = _spectrogram(x).T  # [frames, bins]
     n = min(len(f0), power.shape[0])
