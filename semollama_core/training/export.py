@@ -154,6 +154,9 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
         f"- Adapter: {info['parameters']:,} parameters, {config['num_blocks']} Conformer blocks (d={config['d_model']}), "
         f"frames stacked by {config['stack']} (12.5 speech tokens/s), fp16 safetensors",
         f"- Tasks: `{config['task_mix']}`",
+        f"- Prosody channel v{config.get('prosody_version', 1)}"
+        + (" (pitch tracker without the 50 Hz high-pass and peak rule of v2; the pipeline feeds it v1)"
+           if config.get("prosody_version", 1) == 1 else " (pitch tracker with a 50 Hz high-pass, voicing at true peaks)"),
         *([f"- Lexical path: after the speech tokens the LLM also reads the clip's ASR hypothesis (Whisper tiny.en, "
            f"the same ASR as `text_only`) for answers, transcripts and captions; emotion label scoring reads the "
            f"speech tokens only"] if config.get("lexical") == "asr" else []),
