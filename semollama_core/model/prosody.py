@@ -45,8 +45,8 @@ def pitch_track(audio: np.ndarray, rate: int = SAMPLE_RATE, *, hop_s: float = HO
     """F0 in Hz (0 where unvoiced) and voicing strength (normalised autocorrelation peak), one
     frame every `hop_s` over a 48 ms Hann window, after a high-pass at `highpass_hz` (0: none);
     with `peaks_only`, a frame is voiced only where its lag is a true autocorrelation peak.
-    The one F0 tracker: the model's prosody channel (at its defaults, 50 Hz) and the synthetic
-    corpus's pitch measurements use it."""
+    The one F0 tracker: the model's prosody channel (at its default hop, 50 frames a second)
+    and the synthetic corpus's pitch measurements use it."""
     window, hop = round(WINDOW / SAMPLE_RATE * rate), max(1, round(hop_s * rate))
     signal = torch.from_numpy(np.asarray(audio, dtype=np.float32))
     if highpass_hz and len(signal):
