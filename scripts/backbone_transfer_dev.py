@@ -32,7 +32,7 @@ from head_transfer_dev import SYNTHETIC, fit  # noqa: E402
 from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.adapter import head_column_groups  # noqa: E402
-from semollama_core.model.backbone import encode_window  # noqa: E402
+from semollama_core.model.backbone import encode_clip  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
 from semollama_core.training.head import balanced_weights, clip_source, head_inputs  # noqa: E402
 from semollama_core.training.train import load_clips  # noqa: E402
@@ -52,8 +52,7 @@ def pooled_base_states(rows: list, model_dir: str, cache: Path) -> tuple[np.ndar
             model = model or WhisperModel(model_dir, device="cpu", compute_type="float32", cpu_threads=2)
             audio = load_audio(key)
             start = time.perf_counter()
-            states = np.concatenate([encode_window(model, audio[i:i + 480000])
-                                     for i in range(0, len(audio), 480000) if len(audio[i:i + 480000]) >= 400])
+            states = encode_clip(model, audio)
             spent, computed = spent + time.perf_counter() - start, computed + 1
             done[key] = np.concatenate([states.mean(0), states.std(0)]).astype(np.float32)
         out.append(done[key])

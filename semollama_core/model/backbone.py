@@ -64,11 +64,14 @@ class WhisperBackbone:
     def encode(self, audio: np.ndarray) -> np.ndarray:
         if self._hf is not None:
             return self._hf.encode(audio)
-        chunks = [audio[i:i + WINDOW_SAMPLES] for i in range(0, len(audio), WINDOW_SAMPLES)]
-        return np.concatenate([self._encode_window(c) for c in chunks if len(c) >= MIN_WINDOW_SAMPLES], axis=0)
+        return encode_clip(self._whisper, audio)
 
-    def _encode_window(self, audio: np.ndarray) -> np.ndarray:
-        return encode_window(self._whisper, audio)
+
+def encode_clip(whisper, audio: np.ndarray) -> np.ndarray:
+    """[frames, width] CTranslate2 Whisper encoder states of a clip of any length: 30 s windows
+    in turn, a tail shorter than one STFT window dropped."""
+    chunks = [audio[i:i + WINDOW_SAMPLES] for i in range(0, len(audio), WINDOW_SAMPLES)]
+    return np.concatenate([encode_window(whisper, c) for c in chunks if len(c) >= MIN_WINDOW_SAMPLES], axis=0)
 
 
 def encode_window(whisper, audio: np.ndarray) -> np.ndarray:
