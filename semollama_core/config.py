@@ -11,6 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
 EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
 EMBEDDED_WHISPER = "embedded:whisper-tiny.en"
+# Whisper base (multilingual), the emotion head's second backbone (AdapterConfig.head_backbone)
+EMBEDDED_WHISPER_BASE = "embedded:whisper-base"
 CORE_LABELS = ("neutral", "happy", "sad", "angry")
 QUANTIZATIONS = ("nf4", "int8", "none", "bf16")
 DECODERS = ("auto", "torch", "llama_cpp")

@@ -61,6 +61,10 @@ class AdapterConfig:
     lexical_prompt: int = 0
     # Which prosody channel (prosody.PROSODY_VERSION) the adapter was trained on and is fed.
     prosody_version: int = PROSODY_VERSION
+    # The backbone whose pooled states (mean, spread) the emotion head reads in place of the
+    # adapter's own (config.EMBEDDED_WHISPER_BASE, or "" for the adapter's backbone), and its width.
+    head_backbone: str = ""
+    head_backbone_dim: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -155,13 +159,21 @@ class SpeechAdapter(nn.Module):
         if utterance is None:
             raise ValueError("This adapter's emotion head needs the clip's eGeMAPS functionals "
                              "(SpeechFeatures.utterance); extract features with encoder.extract_features.")
-        valid = (torch.arange(backbone_states.shape[1], device=backbone_states.device)[None]
-                 < frame_lengths[:, None]).to(backbone_states.dtype)[..., None]
-        n = valid.sum(1).clamp(min=1)
-        mean = (backbone_states * valid).sum(1) / n
-        std = (((backbone_states - mean[:, None]) ** 2 * valid).sum(1) / n).sqrt()
-        full = torch.cat([mean, std, prosody_stats(prosody, frame_lengths).to(mean.dtype),
-                          utterance.to(mean.dtype)], dim=-1)
+        if self.config.head_backbone:  # collate_utterance put the head backbone's pooled states first
+            k = 2 * self.config.head_backbone_dim
+            if utterance.shape[-1] != k + self.config.utterance_dim:
+                raise ValueError(f"This adapter's emotion head reads {self.config.head_backbone}'s pooled states "
+                                 f"({k} values) before the eGeMAPS functionals; got {utterance.shape[-1]} values.")
+            pooled, utterance = utterance[:, :k].to(backbone_states.dtype), utterance[:, k:]
+        else:
+            valid = (torch.arange(backbone_states.shape[1], device=backbone_states.device)[None]
+                     < frame_lengths[:, None]).to(backbone_states.dtype)[..., None]
+            n = valid.sum(1).clamp(min=1)
+            mean = (backbone_states * valid).sum(1) / n
+            std = (((backbone_states - mean[:, None]) ** 2 * valid).sum(1) / n).sqrt()
+            pooled = torch.cat([mean, std], dim=-1)
+        full = torch.cat([pooled, prosody_stats(prosody, frame_lengths).to(pooled.dtype),
+                          utterance.to(pooled.dtype)], dim=-1)
         return full[:, self.head_columns] if self.config.head_exclude else full
 
     def head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -212,7 +224,12 @@ PROSODY_STATS_DIM = 2 * PROSODY_DIM + 5
 
 def _full_head_width(config: AdapterConfig) -> int:
     """Width of head_inputs' full vector: backbone mean and spread, prosody statistics, eGeMAPS."""
-    return 2 * config.backbone_dim + PROSODY_STATS_DIM + config.utterance_dim
+    return 2 * _head_backbone_dim(config) + PROSODY_STATS_DIM + config.utterance_dim
+
+
+def _head_backbone_dim(config: AdapterConfig) -> int:
+    """Width of the backbone whose pooled states the head reads (its own, or head_backbone)."""
+    return config.head_backbone_dim if config.head_backbone else config.backbone_dim
 
 
 def head_input_dim(config: AdapterConfig) -> int:
@@ -248,7 +265,8 @@ def head_column_groups(config: AdapterConfig) -> dict[str, list[int]]:
     prosody, egemaps, and `absolute` (within prosody and egemaps: pitch level and loudness)."""
     from ..baselines.standalone_ser import feature_names
 
-    d, start = config.backbone_dim, 2 * config.backbone_dim
+    d = _head_backbone_dim(config)
+    start = 2 * d
     egemaps_start = start + PROSODY_STATS_DIM
     names = feature_names() if config.utterance_dim else []
     return {"backbone_mean": list(range(d)), "backbone_std": list(range(d, start)),

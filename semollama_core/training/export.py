@@ -141,6 +141,13 @@ def _data_lines(info: dict) -> list[str]:
     return lines
 
 
+def _head_states_words(config: dict) -> str:
+    if config.get("head_backbone"):
+        return (f"pooled encoder states of a second frozen backbone, `{config['head_backbone']}` (Whisper base, "
+                f"multilingual, MIT; the frame tokens still read `{config['backbone']}`)")
+    return "pooled backbone states"
+
+
 def write_model_card(dest: str | Path, results_dir: str | Path | None = None) -> Path:
     """README.md beside the adapter: data, recipe, steps, wall time, hardware, metrics."""
     dest = Path(dest)
@@ -171,7 +178,7 @@ def write_model_card(dest: str | Path, results_dir: str | Path | None = None) ->
            f"`{info['head_refit']['manifest']}`, which adds real voices alignment never read; every other weight "
            f"is bit-identical to that run's, and the head's posterior reaches the LLM through the same emotion token"]
           if info.get("head_refit") else []),
-        *([f"- Emotion head fitted first on utterance functionals (pooled backbone states, prosody statistics, "
+        *([f"- Emotion head fitted first on utterance functionals ({_head_states_words(config)}, prosody statistics, "
            f"eGeMAPS), then frozen{' (the refit)' if info.get('head_refit') else ''}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info["emotion_head"].items())]
           if info.get("emotion_head") else []),
         *([f"- Stage 1 (`{info['stage1']['run']}`): {info['stage1']['steps']} steps, "

@@ -14,7 +14,7 @@ def auxiliary_emotion_loss(adapter, features: list, emotions: list[str], device)
     """Emotion CE of the adapter's classifier alone: many clips a step at the adapter's cost."""
     labels = list(adapter.config.labels)
     states, prosody, lengths = collate_features(features, device)
-    _, _, logits = adapter.encode_all(states, prosody, lengths, collate_utterance(features, device))
+    _, _, logits = adapter.encode_all(states, prosody, lengths, collate_utterance(features, device, adapter.config.head_backbone))
     target = torch.tensor([labels.index(e) for e in emotions], device=logits.device)
     return torch.nn.functional.cross_entropy(logits.float(), target)
 
@@ -25,7 +25,7 @@ def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, 
     for i in range(0, len(features), batch):
         part = features[i:i + batch]
         states, prosody, lengths = collate_features(part, device)
-        rows.append(adapter.head_inputs(states, prosody, lengths, collate_utterance(part, device)))
+        rows.append(adapter.head_inputs(states, prosody, lengths, collate_utterance(part, device, adapter.config.head_backbone)))
     return torch.cat(rows)
 
 

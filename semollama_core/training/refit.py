@@ -32,9 +32,10 @@ RUN_FILES = ("log.csv", "train_options.json", "run_info.json", "loss_curve.png")
 
 def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epochs: int = 60, seed: int = 0,
                cache: str | Path = "data/targets/features", command: list[str] | None = None,
-               head_exclude: tuple[str, ...] | None = None) -> dict:
+               head_exclude: tuple[str, ...] | None = None, head_backbone: str | None = None) -> dict:
     """Fit the head of RUN/adapter again on MANIFEST's train split (dev reported), write OUT.
-    `head_exclude` (column groups, model.adapter.head_column_groups) gives the new head other
+    `head_exclude` (column groups, model.adapter.head_column_groups) and `head_backbone` (the
+    backbone whose pooled states the head reads; "" the adapter's own) give the new head other
     inputs; None keeps the run's."""
     from ..config import SEmoConfig
     from ..model.adapter import save_adapter
@@ -49,9 +50,11 @@ def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epoch
     adapter = system.adapter
     if not adapter.config.utterance_dim or not adapter.config.labels:
         raise ValueError(f"{run}/adapter has no utterance-functional emotion head to refit.")
-    if head_exclude is not None and tuple(head_exclude) != adapter.config.head_exclude:
-        adapter = with_head_inputs(adapter, tuple(head_exclude))
-    clips = load_clips(manifest, ("train", "dev"), system, Path(cache))
+    exclude = adapter.config.head_exclude if head_exclude is None else tuple(head_exclude)
+    second = adapter.config.head_backbone if head_backbone is None else head_backbone
+    if (exclude, second) != (adapter.config.head_exclude, adapter.config.head_backbone):
+        adapter = with_head_inputs(adapter, exclude, second)
+    clips = load_clips(manifest, ("train", "dev"), system, Path(cache), head_backbone=second)
     if not clips["train"]:
         raise ValueError(f"{manifest} has no training clips (split 'train').")
     report = fit_emotion_head(adapter, clips["train"], clips["dev"], epochs=epochs, seed=seed, device="cpu",
@@ -69,14 +72,19 @@ def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epoch
     return report
 
 
-def with_head_inputs(adapter, head_exclude: tuple[str, ...]):
-    """A copy of `adapter` whose (unfitted) head reads all but the `head_exclude` column groups;
-    every weight outside the head is copied bit for bit."""
+def with_head_inputs(adapter, head_exclude: tuple[str, ...], head_backbone: str = ""):
+    """A copy of `adapter` whose (unfitted) head reads all but the `head_exclude` column groups,
+    with the pooled states of `head_backbone` ("" the adapter's own); every weight outside the
+    head is copied bit for bit."""
     import dataclasses
 
     from ..model.adapter import SpeechAdapter
+    from ..model.backbone import WIDTHS
 
-    fresh = SpeechAdapter(dataclasses.replace(adapter.config, head_exclude=head_exclude))
+    if head_backbone and head_backbone not in WIDTHS:
+        raise ValueError(f"Unknown head backbone {head_backbone!r}; known: {', '.join(WIDTHS)}.")
+    fresh = SpeechAdapter(dataclasses.replace(adapter.config, head_exclude=head_exclude, head_backbone=head_backbone,
+                                              head_backbone_dim=WIDTHS.get(head_backbone, 0)))
     kept = {k: v for k, v in adapter.state_dict().items() if not k.startswith(("head_", "emotion_head."))}
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
     assert not unexpected and all(k.startswith(("head_", "emotion_head.")) for k in missing), (missing, unexpected)
@@ -96,6 +104,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--head-exclude", default=None, metavar="GROUPS",
                         help="comma-separated column groups the new head does not read (backbone_mean, "
                              "backbone_std, prosody, egemaps, absolute); 'none' reads all (default: the run's)")
+    parser.add_argument("--head-backbone", default=None, metavar="NAME",
+                        help="the backbone whose pooled states the new head reads: embedded:whisper-base "
+                             "(Whisper base, multilingual) or 'none' for the adapter's own (default: the run's)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         print("error: --epochs must be at least 1.", file=sys.stderr)
@@ -104,8 +115,10 @@ def main(argv: list[str]) -> int:
         exclude = None if args.head_exclude is None else tuple(
             g for g in args.head_exclude.split(",") if g and g != "none")
         report = refit_head(args.manifest, args.run, args.out, epochs=args.epochs, seed=args.seed, cache=args.cache,
-                            command=["python", "-m", "semollama_core", "fit-head", *argv], head_exclude=exclude)
-    except (ValueError, OSError) as e:
+                            command=["python", "-m", "semollama_core", "fit-head", *argv], head_exclude=exclude,
+                            head_backbone=None if args.head_backbone is None else
+                            ("" if args.head_backbone == "none" else args.head_backbone))
+    except (ValueError, OSError, RuntimeError) as e:  # RuntimeError: ModelUnavailableError
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(json.dumps(report))

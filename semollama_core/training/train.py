@@ -86,9 +86,12 @@ class Example:
 
 
 # ----- data ------------------------------------------------------------------------------
-def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) -> dict[str, list]:
+def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path,
+               head_backbone: str | None = None) -> dict[str, list]:
     """Frozen features for every clip (cached on disk, fp16), with utterance metadata; the prosody
-    channel is the one `system`'s adapter reads (AdapterConfig.prosody_version)."""
+    channel is the one `system`'s adapter reads (AdapterConfig.prosody_version). With a
+    `head_backbone` (default: the one `system`'s adapter reads, if any) each clip also carries
+    that backbone's pooled states (cached in one file per backbone, pooled_NAME.npz)."""
     from ..model.audio import load_audio
     from ..corpus.manifest import iter_manifest
     from ..model.encoder import extract_features, utterance_features
@@ -114,7 +117,32 @@ def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path) 
             tmp.replace(path)
         features = SpeechFeatures(data["states"], data["prosody"], data["utterance"])
         out[utt.split].append((utt, features, json.loads(str(data["describe"]))))
+    head_backbone = system.adapter.config.head_backbone if head_backbone is None else head_backbone
+    if head_backbone:
+        add_head_states(out, head_backbone, cache_dir, system.config.threads)
     return out
+
+
+def add_head_states(clips: dict[str, list], name: str, cache_dir: Path, threads: int = 0) -> None:
+    """Set each clip's SpeechFeatures.head_states: `name`'s pooled encoder states, cached by clip
+    key in CACHE/pooled_NAME.npz (written once at the end, so an interrupted run recomputes)."""
+    from ..model.audio import load_audio
+    from ..model.backbone import WhisperBackbone
+
+    path = cache_dir / f"pooled_{name.replace(':', '_').replace('/', '_')}.npz"
+    done = dict(np.load(path)) if path.exists() else {}
+    backbone, added = None, 0
+    rows = [c for part in clips.values() for c in part]
+    for utt, features, _ in tqdm(rows, desc=f"pooled {name}", unit="clip"):
+        key = _feature_key(utt.audio_path)
+        if key not in done:
+            backbone = backbone or WhisperBackbone(name, threads)
+            done[key], added = backbone.pooled(load_audio(utt.audio_path)), added + 1
+        features.head_states = done[key]
+    if added:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **done)
+        tmp.replace(path)
 
 
 def load_asr_hypotheses(utts: list, transcriber, cache_path: Path, *, limit: int | None = None,
