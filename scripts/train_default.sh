@@ -4,6 +4,9 @@
 #   bash scripts/train_default.sh              # the shipped default: synthetic corpus v2 + RAVDESS actors 1-10
 #                                              # (+ Polish speakers m1-m2 for the emotion head and standalone SER)
 #   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2, no MBROLA)
+#   HEAD_BACKBONE=embedded:whisper-base bash scripts/train_default.sh   # the emotion head on Whisper base's pooled
+#                                              # states (wheels in requirements-dev.txt); measured on dev, not shipped:
+#                                              # README, "Whisper base"
 #   SENTENCES=8 STEPS=4 NEUTRAL_STEPS=2 LEX_STEPS=2 LEX_NEUTRAL_STEPS=2 LEX_CLIPS=8 TARGET_CLIPS=16 HEAD_EPOCHS=5 \
 #     bash scripts/train_default.sh              # a rehearsal of every command at miniature scale (in a scratch
 #                                              # clone: it overwrites assets/ like the real run)
@@ -25,7 +28,7 @@ TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the froze
 SENTENCES=${SENTENCES:-}              # synth: N of the shipped sentences (empty: all 424)
 HEAD_EPOCHS=${HEAD_EPOCHS:-60}          # fit-head epochs
 PROSODY=${PROSODY:-1}                  # the prosody channel the shipped adapters read (v1; new designs default to v2)
-HEAD_BACKBONE=${HEAD_BACKBONE:-embedded:whisper-base}  # the emotion head's backbone ("none": the adapter's own)
+HEAD_BACKBONE=${HEAD_BACKBONE:-none}  # the emotion head's backbone: none (the adapter's own: shipped) or embedded:whisper-base
 ADAPTER_ARGS="--prosody-version $PROSODY"
 if [ "$HEAD_BACKBONE" != "none" ]; then ADAPTER_ARGS="$ADAPTER_ARGS --head-backbone $HEAD_BACKBONE"; fi
 SYNTH_ARGS=(--workers 2)

@@ -26,14 +26,12 @@ class SpeechFeatures:
         return self.backbone_states.shape[0]
 
 
-def extract_features(backbone: WhisperBackbone, audio: np.ndarray, prosody_version: int = PROSODY_VERSION,
-                     head_backbone: WhisperBackbone | None = None) -> SpeechFeatures:
-    """The frozen features of one clip, with the prosody channel an adapter was trained on, and
-    the pooled states of the emotion head's own backbone when it has one."""
+def extract_features(backbone: WhisperBackbone, audio: np.ndarray,
+                     prosody_version: int = PROSODY_VERSION) -> SpeechFeatures:
+    """The frozen features of one clip, with the prosody channel an adapter was trained on."""
     states = backbone.encode(audio)
     return SpeechFeatures(states.astype(np.float32), prosody_features(audio, states.shape[0], prosody_version),
-                          utterance_features(audio),
-                          head_states=None if head_backbone is None else head_backbone.pooled(audio))
+                          utterance_features(audio))
 
 
 def utterance_features(audio: np.ndarray) -> np.ndarray:

@@ -108,6 +108,12 @@ class SEmoLlama:
         return WhisperBackbone(name, self.config.threads, self.device) if name else None
 
     @functools.cached_property
+    def _side_thread(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(1, thread_name_prefix="head-backbone")
+
+    @functools.cached_property
     def transcriber(self) -> Transcriber:
         return Transcriber(self.config.asr, self.config.threads, self.device)
 
@@ -151,7 +157,12 @@ class SEmoLlama:
     def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
         """Frozen features of a clip. `transcribe` (default: when an adapter reads words) adds
         the ASR hypothesis; label scoring never needs it."""
-        features = extract_features(self.backbone, audio, self.prosody_version, self.head_backbone)
+        if self.head_backbone is None:
+            features = extract_features(self.backbone, audio, self.prosody_version)
+        else:  # the head's encoder runs beside the single-threaded prosody and eGeMAPS of the first
+            pooled = self._side_thread.submit(self.head_backbone.pooled, audio)
+            features = extract_features(self.backbone, audio, self.prosody_version)
+            features.head_states = pooled.result()
         if transcribe is None:
             transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
         if transcribe:
