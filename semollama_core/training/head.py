@@ -103,3 +103,21 @@ def fit_emotion_head(adapter: SpeechAdapter, train_clips: list, dev_clips: list,
             report[f"head_{split}_ua"] = unweighted_accuracy([u.emotion for u, _, _ in clips],
                                                              [labels[int(i)] for i in pred], tuple(labels))
     return report
+
+
+def with_head_inputs(adapter, head_exclude: tuple[str, ...], head_backbone: str = ""):
+    """A copy of `adapter` whose (unfitted) head reads all but the `head_exclude` column groups,
+    with the pooled states of `head_backbone` ("" the adapter's own); every weight outside the
+    head is copied bit for bit."""
+    import dataclasses
+
+    from ..model.backbone import WIDTHS
+
+    if head_backbone and head_backbone not in WIDTHS:
+        raise ValueError(f"Unknown head backbone {head_backbone!r}; known: {', '.join(WIDTHS)}.")
+    fresh = SpeechAdapter(dataclasses.replace(adapter.config, head_exclude=head_exclude, head_backbone=head_backbone,
+                                              head_backbone_dim=WIDTHS.get(head_backbone, 0)))
+    kept = {k: v for k, v in adapter.state_dict().items() if not k.startswith(("head_", "emotion_head."))}
+    missing, unexpected = fresh.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith(("head_", "emotion_head.")) for k in missing), (missing, unexpected)
+    return fresh.to(next(adapter.parameters()).device).eval()

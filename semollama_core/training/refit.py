@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .export import HEAD_REFIT_FILE, record_run
-from .head import fit_emotion_head
+from .head import fit_emotion_head, with_head_inputs
 from .train import load_clips
 
 RUN_FILES = ("log.csv", "train_options.json", "run_info.json", "loss_curve.png")
@@ -70,25 +70,6 @@ def refit_head(manifest: str, run_dir: str | Path, out_dir: str | Path, *, epoch
     info.update(from_run=str(run), epochs=epochs, seed=seed, report=report)
     (out / HEAD_REFIT_FILE).write_text(json.dumps(info, indent=2))
     return report
-
-
-def with_head_inputs(adapter, head_exclude: tuple[str, ...], head_backbone: str = ""):
-    """A copy of `adapter` whose (unfitted) head reads all but the `head_exclude` column groups,
-    with the pooled states of `head_backbone` ("" the adapter's own); every weight outside the
-    head is copied bit for bit."""
-    import dataclasses
-
-    from ..model.adapter import SpeechAdapter
-    from ..model.backbone import WIDTHS
-
-    if head_backbone and head_backbone not in WIDTHS:
-        raise ValueError(f"Unknown head backbone {head_backbone!r}; known: {', '.join(WIDTHS)}.")
-    fresh = SpeechAdapter(dataclasses.replace(adapter.config, head_exclude=head_exclude, head_backbone=head_backbone,
-                                              head_backbone_dim=WIDTHS.get(head_backbone, 0)))
-    kept = {k: v for k, v in adapter.state_dict().items() if not k.startswith(("head_", "emotion_head."))}
-    missing, unexpected = fresh.load_state_dict(kept, strict=False)
-    assert not unexpected and all(k.startswith(("head_", "emotion_head.")) for k in missing), (missing, unexpected)
-    return fresh.to(next(adapter.parameters()).device).eval()
 
 
 def main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from ..model.adapter import SpeechAdapter, save_adapter
 from ..model.encoder import SpeechFeatures
 from ..model.prosody import PITCH_TRACKERS, PROSODY_VERSION
 from .alignment import AlignmentBatcher, alignment_loss
-from .head import auxiliary_emotion_loss, fit_emotion_head
+from .head import auxiliary_emotion_loss, fit_emotion_head, with_head_inputs
 from .targets import (TARGET_DECODING, TASKS_EMOTION, TASKS_NEUTRAL, TargetCache, fingerprint, generate_targets,
     prosody_phrase, specs_for)
 
@@ -322,8 +322,6 @@ def train(manifest: str, out_dir: str, options: TrainOptions, *, targets_dir: st
         raise ValueError(f"{manifest} has no training examples (split 'train' with transcripts and emotions).")
     adapter = system.adapter
     if options.head_backbone != adapter.config.head_backbone:  # a head of another width; nothing else trained yet
-        from .refit import with_head_inputs
-
         adapter = system.adapter = with_head_inputs(adapter, adapter.config.head_exclude, options.head_backbone)
     adapter.config = adapter.config.__class__(**{**asdict(adapter.config), "labels": tuple(config.labels),
                                                 "task_mix": options.task_weights if options.mode == "emotion" else "respond_neutral:0.7,asr:0.3",
