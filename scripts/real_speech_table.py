@@ -10,34 +10,22 @@ import json
 import sys
 from collections import defaultdict
 
-import numpy as np
-
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+from eval.common import paired_ua_difference, ua_bootstrap_ci  # noqa: E402
 from semollama_core import unweighted_accuracy  # noqa: E402
 
 LABELS = ("neutral", "happy", "sad", "angry")
 
 
-def clip_ci(truth, pred, resamples=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    truth, pred = np.array(truth), np.array(pred)
-    values = []
-    for _ in range(resamples):
-        i = rng.integers(0, len(truth), len(truth))
-        values.append(unweighted_accuracy(truth[i], pred[i], LABELS))
-    return [round(float(np.nanpercentile(values, 2.5)), 3), round(float(np.nanpercentile(values, 97.5)), 3)]
+def clip_ci(truth, pred):
+    """95 % interval of UA resampling clips (eval.common's, on clips as units)."""
+    return [round(v, 3) for v in ua_bootstrap_ci(truth, pred, LABELS, [f"clip:{i}" for i in range(len(truth))])]
 
 
-def paired_difference(a, b, truth, resamples=2000, seed=0):
+def paired_difference(a, b, truth):
     """UA(a) - UA(b) on the same clips, with a 95 % interval resampling clips."""
-    rng = np.random.default_rng(seed)
-    a, b, truth = np.array(a), np.array(b), np.array(truth)
-    diffs = []
-    for _ in range(resamples):
-        i = rng.integers(0, len(truth), len(truth))
-        diffs.append(unweighted_accuracy(truth[i], a[i], LABELS) - unweighted_accuracy(truth[i], b[i], LABELS))
-    point = unweighted_accuracy(truth, a, LABELS) - unweighted_accuracy(truth, b, LABELS)
-    return [round(point, 3), round(float(np.nanpercentile(diffs, 2.5)), 3), round(float(np.nanpercentile(diffs, 97.5)), 3)]
+    diff = paired_ua_difference(truth, a, b, LABELS)
+    return [round(diff["difference"], 3), *(round(v, 3) for v in diff["ci95"])]
 
 
 def main(paths):
