@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval.common import paired_ua_difference  # noqa: E402
-from head_transfer_dev import SYNTHETIC, fit  # noqa: E402
+from head_transfer_dev import corpus_fits  # noqa: E402
 from semollama_core import load_audio  # noqa: E402
 from semollama_core.config import EMBEDDED_WHISPER_BASE, SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.adapter import head_column_groups  # noqa: E402
 from semollama_core.model.backbone import WhisperBackbone  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
-from semollama_core.training.head import balanced_weights, clip_source, head_inputs  # noqa: E402
+from semollama_core.training.head import clip_source, head_inputs  # noqa: E402
 from semollama_core.training.train import load_clips  # noqa: E402
 
 
@@ -80,19 +80,13 @@ def main(argv: list[str]) -> int:
     src = {s: [clip_source(u) for u, _, _ in r] for s, r in rows.items()}
     corpora = sorted(set(src["train"]))
     results: dict = {}
-    for left_out in [None] + [c for c in corpora if c != SYNTHETIC]:
-        fit_name = "all" if left_out is None else f"without_{left_out}"
-        train = [i for i, s in enumerate(src["train"]) if s != left_out]
-        w = balanced_weights([rows["train"][i][0] for i in train], labels)
+    fits = {name: dict(corpus_fits(x["train"], y["train"], rows["train"], src["train"], labels, seeds=seeds,
+                                   epochs=args.epochs)) for name, x in designs.items()}
+    for fit_name in fits["tiny.en (shipped)"]:
         posteriors = {}
         for name, x in designs.items():
-            xt, yt = x["train"][train], y["train"][train]
-            mean, std = xt.mean(0), xt.std(0).clamp(min=1e-3)
-            probs = []
-            for seed in seeds:
-                head = fit((xt - mean) / std, yt, w, seed=seed, epochs=args.epochs, n_labels=len(labels))
-                with torch.no_grad():
-                    probs.append(torch.softmax(head((x["dev"] - mean) / std), -1))
+            with torch.no_grad():
+                probs = [torch.softmax(head((x["dev"] - mean) / std), -1) for head, mean, std in fits[name][fit_name]]
             posteriors[name] = (probs, torch.stack(probs).mean(0))
         results[fit_name] = {}
         for corpus in corpora:

@@ -60,6 +60,21 @@ def fit(x, y, w, *, seed: int, epochs: int, hidden: int = 256, weight_decay: flo
     return train_head(head, x, y, w, epochs=epochs, seed=seed, weight_decay=weight_decay, progress=False)
 
 
+def corpus_fits(x_train, y_train, train_rows: list, sources: list[str], labels: list[str], *, seeds: list[int],
+                epochs: int, **settings):
+    """The leave-one-corpus-out fits: with every corpus ("all"), then without each real corpus
+    in turn ("without_NAME"). Yields the fit's name and, per seed, the head fitted on standardised
+    training columns with the mean and spread it standardises by."""
+    for left_out in [None] + sorted({s for s in sources if s != SYNTHETIC}):
+        train = [i for i, s in enumerate(sources) if s != left_out]
+        xt, yt = x_train[train], y_train[train]
+        mean, std = xt.mean(0), xt.std(0).clamp(min=1e-3)
+        w = balanced_weights([train_rows[i][0] for i in train], labels)
+        heads = [fit((xt - mean) / std, yt, w, seed=seed, epochs=epochs, n_labels=len(labels), **settings)
+                 for seed in seeds]
+        yield ("all" if left_out is None else f"without_{left_out}"), [(head, mean, std) for head in heads]
+
+
 def noisy_dev_inputs(system, dev_rows: list, sources: list[str], spec: str) -> dict:
     """{"brown10": (head inputs [n, width], dev row indices)}: the real (non-synthetic) dev rows
     with seeded noise at each SNR of `spec` ("brown:10,brown:5"), through the adapter's features."""
@@ -113,14 +128,10 @@ def main(argv: list[str]) -> int:
         for group in excluded:
             keep[groups[group]] = False
         results[name] = {"excluded": list(excluded), "settings": settings, "columns": int(keep.sum()), "fits": {}}
-        for left_out in [None] + [c for c in corpora if c != SYNTHETIC]:
-            train = [i for i, s in enumerate(src["train"]) if s != left_out]
-            xt, yt = x["train"][train][:, keep], y["train"][train]
-            mean, std = xt.mean(0), xt.std(0).clamp(min=1e-3)
-            w = balanced_weights([rows["train"][i][0] for i in train], labels)
+        for fit_name, fitted in corpus_fits(x["train"][:, keep], y["train"], rows["train"], src["train"], labels,
+                                            seeds=seeds, epochs=args.epochs, **settings):
             scores: dict = {}
-            for seed in seeds:
-                head = fit((xt - mean) / std, yt, w, seed=seed, epochs=args.epochs, n_labels=len(labels), **settings)
+            for head, mean, std in fitted:
                 with torch.no_grad():
                     logits = head((x["dev"][:, keep] - mean) / std)
                 for corpus in corpora:
@@ -128,7 +139,7 @@ def main(argv: list[str]) -> int:
                     truth = [labels[int(y["dev"][i])] for i in idx]
                     scores.setdefault(f"{corpus}.ua", []).append(unweighted_accuracy(
                         truth, [labels[int(logits[i].argmax())] for i in idx], tuple(labels)))
-                    for condition, (x_noisy, noisy_idx) in noisy.items() if left_out is None else ():
+                    for condition, (x_noisy, noisy_idx) in noisy.items() if fit_name == "all" else ():
                         if corpus in {src["dev"][i] for i in noisy_idx}:
                             with torch.no_grad():
                                 noisy_logits = head((x_noisy[:, keep] - mean) / std)
@@ -141,7 +152,6 @@ def main(argv: list[str]) -> int:
                         scores.setdefault(f"{corpus}.angry_vs_neutral", []).append(unweighted_accuracy(
                             truth, ["angry" if logits[i, a] > logits[i, n] else "neutral" for i in idx],
                             ("angry", "neutral")))
-            fit_name = "all" if left_out is None else f"without_{left_out}"
             results[name]["fits"][fit_name] = {k: {"mean": round(float(np.mean(v)), 3),
                                                    "seeds": [round(float(s), 3) for s in v]} for k, v in scores.items()}
             print(name, fit_name, json.dumps({k: v["mean"] for k, v in results[name]["fits"][fit_name].items()}),
