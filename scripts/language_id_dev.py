@@ -20,10 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from semollama_core import load_audio  # noqa: E402
-from semollama_core.config import CORE_LABELS, EMBEDDED_WHISPER_BASE  # noqa: E402
 from eval.common import read_jsonl, ua_bootstrap_ci  # noqa: E402
-from semollama_core import unweighted_accuracy  # noqa: E402
+from semollama_core import load_audio, unweighted_accuracy  # noqa: E402
+from semollama_core.config import CORE_LABELS, EMBEDDED_WHISPER_BASE  # noqa: E402
 from semollama_core.corpus.manifest import iter_manifest  # noqa: E402
 from semollama_core.model.backbone import WhisperBackbone  # noqa: E402
 
@@ -69,9 +68,9 @@ def route(english: str, other: str, heard: dict[str, str]) -> dict:
             continue
         pick = row if heard[audio] == "en" else keyed["other"][audio, system]
         cell = out["systems"].setdefault(system, {"truth": [], "english": [], "other": [], "routed": []})
-        cell["truth"].append(row["emotion"])
-        cell["english"].append(row["predicted"]), cell["other"].append(keyed["other"][audio, system]["predicted"])
-        cell["routed"].append(pick["predicted"])
+        for name, value in (("truth", row["emotion"]), ("english", row["predicted"]),
+                            ("other", keyed["other"][audio, system]["predicted"]), ("routed", pick["predicted"])):
+            cell[name].append(value)
     for system, cell in out["systems"].items():
         truth, labels = cell.pop("truth"), CORE_LABELS
         groups = [f"clip:{i}" for i in range(len(truth))]

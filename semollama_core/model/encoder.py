@@ -70,6 +70,13 @@ def collate_utterance(features: list[SpeechFeatures], device: str = "cpu",
     return torch.from_numpy(np.stack(rows).astype(np.float32)).to(device)
 
 
+def adapter_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu"):
+    """A batch as the adapter's forward, encode_all and head_inputs take it: padded states, prosody,
+    frame lengths, and the utterance functionals (led by the head backbone's pooled states when the
+    adapter's head reads one)."""
+    return (*collate_features(features, device), collate_utterance(features, device, adapter.config.head_backbone))
+
+
 def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], device: str = "cpu") -> list[torch.Tensor]:
     """One [tokens, llm width] tensor per clip; differentiable when the adapter trains.
 
@@ -79,9 +86,7 @@ def speech_embeddings(adapter: SpeechAdapter, features: list[SpeechFeatures], de
     batch. Training keeps the padded batch (one pass; the noise is harmless there)."""
     if not adapter.training and len(features) > 1:
         return [speech_embeddings(adapter, [f], device)[0] for f in features]
-    states, prosody, lengths = collate_features(features, device)
-    embeddings, out_lengths = adapter(states, prosody, lengths,
-                                      collate_utterance(features, device, adapter.config.head_backbone))
+    embeddings, out_lengths = adapter(*adapter_inputs(adapter, features, device))
     return [embeddings[i, : int(n)] for i, n in enumerate(out_lengths)]
 
 

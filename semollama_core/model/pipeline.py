@@ -17,8 +17,7 @@ from .audio import AudioInput, load_audio
 from .backbone import Transcriber, WhisperBackbone
 from ..config import EMBEDDED_WHISPER, ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech, unpadded_rows
-from .encoder import (SpeechFeatures, build_adapter, collate_features, collate_utterance, extract_features,
-                      speech_embeddings)
+from .encoder import SpeechFeatures, adapter_inputs, build_adapter, extract_features, speech_embeddings
 from .generation import (DecodingOptions, PrefixCache, decode, label_log_likelihoods, stop_token_ids,
                          until_repeat)
 from .attention import AttentionCapture, capture_attention
@@ -103,7 +102,7 @@ class SEmoLlama:
     @functools.cached_property
     def head_backbone(self) -> WhisperBackbone | None:
         """The second backbone the speech_llm adapter's emotion head reads (AdapterConfig.head_backbone;
-        Whisper base in the shipped default), or None when the head reads the adapter's own."""
+        Whisper base), or None when the head reads the adapter's own, as the shipped default's does."""
         name = self.adapter.config.head_backbone
         return WhisperBackbone(name, self.config.threads, self.device) if name else None
 
@@ -336,8 +335,7 @@ class SEmoLlama:
         out = []
         with torch.inference_mode():
             for f in features:
-                states, prosody, lengths = collate_features([f], self.device)
-                logits = adapter.encode_all(states, prosody, lengths, collate_utterance([f], self.device, adapter.config.head_backbone))[2]
+                logits = adapter.encode_all(*adapter_inputs(adapter, [f], self.device))[2]
                 out.append(dict(zip(adapter.config.labels, torch.softmax(logits[0].float(), -1).cpu().tolist())))
         return out
 

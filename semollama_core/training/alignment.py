@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..model import prompts
-from ..model.encoder import collate_features, collate_utterance
+from ..model.encoder import adapter_inputs
 
 IGNORE = -100
 
@@ -104,9 +104,7 @@ def _teacher_turn(ex) -> str:
 
 def alignment_loss(system, adapter, batcher, examples, features, options, device):
     picked = [features[ex.clip] for ex in examples]
-    states, prosody, lengths = collate_features(picked, device)
-    projected, out_lengths, emotion_logits = adapter.encode_all(states, prosody, lengths,
-                                                                collate_utterance(picked, device, adapter.config.head_backbone))
+    projected, out_lengths, emotion_logits = adapter.encode_all(*adapter_inputs(adapter, picked, device))
     speech = [projected[i, : int(n)] if ex.heard is None else adapter.with_lexical_prompt(projected[i, : int(n)])
               for i, (n, ex) in enumerate(zip(out_lengths, examples))]
     embeds, mask, labels = batcher.rows(examples, speech)

@@ -7,14 +7,13 @@ from tqdm import tqdm
 
 from ..metrics import unweighted_accuracy
 from ..model.adapter import SpeechAdapter
-from ..model.encoder import SpeechFeatures, collate_features, collate_utterance
+from ..model.encoder import SpeechFeatures, adapter_inputs
 
 
 def auxiliary_emotion_loss(adapter, features: list, emotions: list[str], device) -> torch.Tensor:
     """Emotion CE of the adapter's classifier alone: many clips a step at the adapter's cost."""
     labels = list(adapter.config.labels)
-    states, prosody, lengths = collate_features(features, device)
-    _, _, logits = adapter.encode_all(states, prosody, lengths, collate_utterance(features, device, adapter.config.head_backbone))
+    _, _, logits = adapter.encode_all(*adapter_inputs(adapter, features, device))
     target = torch.tensor([labels.index(e) for e in emotions], device=logits.device)
     return torch.nn.functional.cross_entropy(logits.float(), target)
 
@@ -24,8 +23,7 @@ def head_inputs(adapter: SpeechAdapter, features: list[SpeechFeatures], device, 
     rows = []
     for i in range(0, len(features), batch):
         part = features[i:i + batch]
-        states, prosody, lengths = collate_features(part, device)
-        rows.append(adapter.head_inputs(states, prosody, lengths, collate_utterance(part, device, adapter.config.head_backbone)))
+        rows.append(adapter.head_inputs(*adapter_inputs(adapter, part, device)))
     return torch.cat(rows)
 
 
