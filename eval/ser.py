@@ -109,6 +109,9 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
                    "sentence": u.transcript, "system": name, "predicted": max(probs[i], key=probs[i].get),
                    "probs": {l: round(float(probs[i][l]), 6) for l in labels},
                    "extra": {**u.extra, **(extra or {})}}
+            if name in ("speech_llm", "speech_only", "emotion_head") and features and features[i].p_english is not None:
+                row["p_english"] = round(features[i].p_english, 4)   # the language router's reading
+                row["routed_other_language"] = system.routed(features[i])
             if name == "text_only":
                 row["transcript"] = transcripts[i]
                 row["transcript_source"] = "manifest" if given_transcripts and u.transcript else "asr"

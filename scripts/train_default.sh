@@ -4,9 +4,8 @@
 #   bash scripts/train_default.sh              # the shipped default: synthetic corpus v2 + RAVDESS actors 1-10
 #                                              # (+ Polish speakers m1-m2 for the emotion head and standalone SER)
 #   OPEN=1 bash scripts/train_default.sh       # a variant without any non-commercial data (synthetic v2, no MBROLA)
-#   HEAD_BACKBONE=embedded:whisper-base bash scripts/train_default.sh   # the emotion head on Whisper base's pooled
-#                                              # states (wheels in requirements-dev.txt); measured on dev, not shipped:
-#                                              # README, "Whisper base"
+#   ONLY_ENGLISH=1 bash scripts/train_default.sh   # skip the language router's other-language adapter
+#                                              # (assets/speech_llm_multilingual; README, "Language router")
 #   SENTENCES=8 STEPS=4 NEUTRAL_STEPS=2 LEX_STEPS=2 LEX_NEUTRAL_STEPS=2 LEX_CLIPS=8 TARGET_CLIPS=16 HEAD_EPOCHS=5 \
 #     bash scripts/train_default.sh              # a rehearsal of every command at miniature scale (in a scratch
 #                                              # clone: it overwrites assets/ like the real run)
@@ -28,9 +27,6 @@ TARGET_CLIPS=${TARGET_CLIPS:-480}      # clips whose alignment targets the froze
 SENTENCES=${SENTENCES:-}              # synth: N of the shipped sentences (empty: all 424)
 HEAD_EPOCHS=${HEAD_EPOCHS:-60}          # fit-head epochs
 PROSODY=${PROSODY:-1}                  # the prosody channel the shipped adapters read (v1; new designs default to v2)
-HEAD_BACKBONE=${HEAD_BACKBONE:-none}  # the emotion head's backbone: none (the adapter's own: shipped) or embedded:whisper-base
-ADAPTER_ARGS="--prosody-version $PROSODY"
-if [ "$HEAD_BACKBONE" != "none" ]; then ADAPTER_ARGS="$ADAPTER_ARGS --head-backbone $HEAD_BACKBONE"; fi
 SYNTH_ARGS=(--workers 2)
 if [ -n "$SENTENCES" ]; then SYNTH_ARGS+=(--sentences "$SENTENCES"); fi
 RAVDESS=${RAVDESS:-../shared/data/ravdess/manifest.jsonl}
@@ -61,25 +57,39 @@ python -m semollama_core audit "$MIX/manifest.jsonl" --split train --out "$MIX/a
 python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --split train --out "$MIX_REAL/audit.json"
 python -m semollama_core audit "$MIX_REAL/manifest.jsonl" --out "$MIX_REAL/audit_all_splits.json"
 python -m semollama_core train-ser "$MIX_REAL/manifest.jsonl" --out assets/standalone_ser
-# stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
-# corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
-python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm --targets data/targets \
-  --mode emotion --steps "$STEPS" --target-clips "$TARGET_CLIPS" $ADAPTER_ARGS
-# stage 2: the lexical path (the LLM also reads the ASR hypothesis). The speech path of stage 1
-# stays bit-identical (so does label scoring); only 8 tokens between the speech and the words learn.
-python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm_lex --targets data/targets \
-  --mode emotion --lexical asr --lexical-prompt 8 --freeze-speech 1 --init runs/speech_llm/adapter \
-  --lexical-clips "$LEX_CLIPS" --steps "$LEX_STEPS" --lr 5e-3 --warmup 10 \
-  --task-weights respond:0.7,asr:0.05,caption:0.25 $ADAPTER_ARGS
+# The speech_llm adapter in three stages, exported to DEST; HEAD_ARGS empty (the English adapter:
+# the emotion head reads tiny.en's pooled states) or --head-backbone embedded:whisper-base (the
+# language router's other-language adapter). Both use the same run folders, one after the other,
+# so each model card's commands are the exact ones.
+speech_llm() {
+  local dest=$1; shift
+  local head_args=("$@")
+  # stage 1: speech tokens alone (the emotion head on utterance functionals, fitted first with every
+  # corpus and label weighing the same, then frozen; the emotion token; the frame tokens)
+  python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm --targets data/targets \
+    --mode emotion --steps "$STEPS" --target-clips "$TARGET_CLIPS" "${head_args[@]}" --prosody-version "$PROSODY"
+  # stage 2: the lexical path (the LLM also reads the ASR hypothesis). The speech path of stage 1
+  # stays bit-identical (so does label scoring); only 8 tokens between the speech and the words learn.
+  python -m semollama_core train "$MIX/manifest.jsonl" --out runs/speech_llm_lex --targets data/targets \
+    --mode emotion --lexical asr --lexical-prompt 8 --freeze-speech 1 --init runs/speech_llm/adapter \
+    --lexical-clips "$LEX_CLIPS" --steps "$LEX_STEPS" --lr 5e-3 --warmup 10 \
+    --task-weights respond:0.7,asr:0.05,caption:0.25 "${head_args[@]}" --prosody-version "$PROSODY"
+  # stage 3: the emotion head refitted on the wider mix (real voices alignment never read); every other
+  # weight of stage 2 stays bit-identical, and the posterior reaches the LLM through the same emotion token
+  python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head \
+    --epochs "$HEAD_EPOCHS"
+  python -m semollama_core export runs/speech_llm_head "$dest"
+}
+speech_llm assets/speech_llm
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_aligned --targets data/targets \
   --mode neutral --steps "$NEUTRAL_STEPS" --target-clips "$TARGET_CLIPS" --prosody-version "$PROSODY"
 # the ablation's stage 2 trains its whole adapter with the words (a stronger baseline than ours)
 python -m semollama_core train "$MIX/manifest.jsonl" --out runs/neutral_lex --targets data/targets \
   --mode neutral --lexical asr --lexical-clips "$LEX_CLIPS" --init runs/neutral_aligned/adapter \
   --steps "$LEX_NEUTRAL_STEPS" --lr 1e-3 --prosody-version "$PROSODY"
-# stage 3: the emotion head refitted on the wider mix (real voices alignment never read); every other
-# weight of stage 2 stays bit-identical, and the posterior reaches the LLM through the same emotion token
-python -m semollama_core fit-head "$MIX_REAL/manifest.jsonl" --run runs/speech_llm_lex --out runs/speech_llm_head \
-  --epochs "$HEAD_EPOCHS"
-python -m semollama_core export runs/speech_llm_head assets/speech_llm
 python -m semollama_core export runs/neutral_lex assets/neutral_aligned
+# the language router's other-language adapter: the same three stages, the emotion head on Whisper base
+# (multilingual; requirements.txt), for clips Whisper base does not hear as English
+if [ "${ONLY_ENGLISH:-0}" != "1" ]; then
+  speech_llm assets/speech_llm_multilingual --head-backbone embedded:whisper-base
+fi

@@ -52,6 +52,12 @@ class SEmoConfig:
     asr: str = EMBEDDED_WHISPER
     # Trained adapter: a folder or a Hub repo id; None runs a freshly initialised adapter.
     adapter: str | None = str(ASSETS / "speech_llm")
+    # Language router: the adapter for clips Whisper base does not hear as English (its emotion head
+    # reads Whisper base, which transfers to unheard languages far better; README, "Language router").
+    # "auto": assets/speech_llm_multilingual when `adapter` is the shipped one; None: no routing.
+    other_language_adapter: str | None = "auto"
+    # A clip goes to other_language_adapter when Whisper base's p(English) is below this (chosen on dev).
+    english_threshold: float = 0.5
     # Adapter aligned without emotion conditioning, for the neutral_aligned system.
     neutral_adapter: str | None = str(ASSETS / "neutral_aligned")
     # Standalone SER model (openSMILE eGeMAPS + linear) used by cascade.
@@ -88,6 +94,22 @@ class SEmoConfig:
             raise ConfigError("max_new_tokens must be between 1 and 1024.")
         if not 1.0 <= self.max_audio_s <= 3600:
             raise ConfigError("max_audio_s must be between 1 and 3600 seconds.")
+        if isinstance(self.other_language_adapter, str) and self.other_language_adapter.lower() in ("", "none"):
+            object.__setattr__(self, "other_language_adapter", None)
+        try:
+            object.__setattr__(self, "english_threshold", float(self.english_threshold))
+        except (TypeError, ValueError):
+            raise ConfigError(f"english_threshold must be a number, not {self.english_threshold!r}.") from None
+        if not 0.0 <= self.english_threshold <= 1.0:
+            raise ConfigError("english_threshold must be between 0 and 1.")
+
+    def resolved_other_language_adapter(self) -> str | None:
+        """The language router's adapter for clips not heard as English, or None (no routing)."""
+        if self.other_language_adapter != "auto":
+            return self.other_language_adapter
+        shipped = self.adapter is not None and Path(self.adapter) == ASSETS / "speech_llm"
+        other = ASSETS / "speech_llm_multilingual"
+        return str(other) if shipped and other.exists() else None
 
     @property
     def is_embedded(self) -> bool:
@@ -128,7 +150,7 @@ class SEmoConfig:
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(f"Cannot read the configuration file {path}: {e}.") from None
         for name in ("llm", "quantization", "backbone", "asr", "adapter", "device", "system_prompt",
-                     "decoder"):
+                     "decoder", "other_language_adapter", "english_threshold"):
             value = os.environ.get(f"SEMOLLAMA_{name.upper()}")
             if value:
                 data[name] = value

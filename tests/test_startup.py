@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ("SEMOLLAMA_SHOW_TRANSCRIPT", "maybe", "SEMOLLAMA_SHOW_TRANSCRIPT must be one of"),
     ("SEMOLLAMA_DEVICE", "gpu", "SEMOLLAMA_DEVICE must be"),
     ("SEMOLLAMA_ADAPTER", "/nonexistent/adapter", "adapter checkpoint /nonexistent/adapter is missing"),
+    ("SEMOLLAMA_ENGLISH_THRESHOLD", "high", "english_threshold must be a number"),
+    ("SEMOLLAMA_ENGLISH_THRESHOLD", "1.5", "english_threshold must be between 0 and 1"),
+    ("SEMOLLAMA_OTHER_LANGUAGE_ADAPTER", "/nonexistent/other", "other-language adapter /nonexistent/other is missing"),
 ])
 def test_startup_check_names_the_bad_value(monkeypatch, name, value, message):
     import app
@@ -101,3 +104,18 @@ def test_the_library_refuses_a_missing_shipped_checkpoint_too(monkeypatch, tmp_p
     monkeypatch.setattr(config, "ASSETS", tmp_path)  # a copy of the repo without assets/
     with pytest.raises(ConfigError, match="shipped adapter checkpoint .* is missing"):
         SEmoLlama._adapter(object(), str(tmp_path / "speech_llm"))  # raises before any model is touched
+
+
+def test_a_missing_other_language_adapter_is_a_plain_warning_not_a_silent_change(monkeypatch, tmp_path):
+    import app
+    from semollama_core import config
+
+    # the shipped default, as a copy of the repo without assets/speech_llm_multilingual would see it
+    (tmp_path / "speech_llm").mkdir()
+    monkeypatch.setattr(app, "ASSETS", tmp_path)
+    monkeypatch.setattr(config, "ASSETS", tmp_path)
+    monkeypatch.setenv("SEMOLLAMA_ADAPTER", str(tmp_path / "speech_llm"))
+    error, warnings = app.startup_check()
+    assert error is None and any("other-language adapter" in w and "no language router" in w for w in warnings)
+    (tmp_path / "speech_llm_multilingual").mkdir()
+    assert not any("language router" in w for w in app.startup_check()[1])

