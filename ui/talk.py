@@ -48,6 +48,7 @@ class TalkView:
     emotion: EmotionPrediction | None = None
     standalone: EmotionPrediction | None = None
     cascade_label: str | None = None
+    heard_language: str = ""    # the language router's line: p(English) and which adapter answers
     responses: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SYSTEM_TITLES, ""))
     latencies: dict[str, Latency] = field(default_factory=lambda: {s: Latency() for s in SYSTEM_TITLES})
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -95,7 +96,8 @@ def with_event(view: TalkView, event: TurnEvent, start: float) -> TalkView:
     if isinstance(event, TranscriptEvent):
         return replace(view, transcript=event.text, timings_s={**timings, "asr_s": event.seconds})
     if isinstance(event, EmotionEvent):
-        return replace(view, emotion=event.prediction, timings_s={**timings, "emotion_s": event.seconds})
+        return replace(view, emotion=event.prediction, heard_language=event.heard_language,
+                       timings_s={**timings, "emotion_s": event.seconds})
     if isinstance(event, StandaloneEvent):
         if event.prediction is not None:
             timings["standalone_ser_s"] = event.seconds
@@ -142,6 +144,8 @@ def emotion_summary(view: TalkView) -> str:
         source = "standalone SER" if view.standalone is not None else \
             "SEmoLlama's label (no standalone SER model is shipped)"
         line += f"  \nCascade used **{markdown_text(view.cascade_label)}** from {source}."
+    if view.heard_language:
+        line += f"  \nLanguage router: {markdown_text(view.heard_language)}"
     return line
 
 

@@ -52,7 +52,7 @@ def run_turn(system, audio: AudioInput, *, transcript: str | None, systems: tupl
     began = time.perf_counter()
     emotion = system.predict_emotions([speech], system_prompt=system_prompt)[0]
     timings["emotion"] = _since(began)
-    yield EmotionEvent(emotion, timings["emotion"])
+    yield EmotionEvent(emotion, timings["emotion"], system.heard_language(features))
 
     began = time.perf_counter()
     standalone = system.standalone_emotion(clip, features) if system.standalone_ser is not None else None

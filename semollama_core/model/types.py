@@ -73,6 +73,7 @@ class TranscriptEvent:
 class EmotionEvent:
     prediction: EmotionPrediction   # label scoring by the frozen LLM over speech_llm's prompt
     seconds: float
+    heard_language: str = ""        # the language router's reading and choice ("" without a router)
 
 
 @dataclass(frozen=True)
