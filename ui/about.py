@@ -36,6 +36,12 @@ configuration.
   eGeMAPS features + a linear classifier), in the emotion-conditioned text prompt.
 - *How do I sound?* (the emotion chart in Talk): the LLM scores each emotion label after that
   question, reading the emotion token and the speech tokens only, never the words.
+
+**Two adapters and a language router.** Whisper base (multilingual) hears each clip once and gives
+p(English). From 0.5 up, the English adapter answers (`assets/speech_llm`, its emotion head on Whisper
+tiny.en); below, the other-language adapter does (`assets/speech_llm_multilingual`: the same recipe and
+data, its emotion head on Whisper base, which carries emotion into languages it never trained on far
+better). Talk shows under the predicted emotion what the router heard and which adapter answered.
 """
 
 # >>> MEASURED FIGURES GO HERE <<<
@@ -43,36 +49,41 @@ configuration.
 # JSONs: each figure with its 95 % interval, its split and the command that produced it.
 # Shown under the systems above; while empty, About says no figure on real speech is given here.
 MEASURED_ON_REAL_SPEECH = """\
-Shipped adapter sha256 `b65e2378...f57a`: aligned on synthetic corpus v2 + RAVDESS actors 1-10; its emotion
-head refitted on those plus Polish speakers m1-m2. 4 core labels (neutral, happy, sad, angry); chance UA 0.25
-(0.5 on the Polish clips, which hold only angry and neutral). UA with a 95 % bootstrap interval resampling clips.
+Shipped adapters: `assets/speech_llm` (sha256 `b65e2378...f57a`) for clips the router hears as English, and
+`assets/speech_llm_multilingual` (sha256 `28f22fdc...d144`) for the rest. Both were aligned on synthetic
+corpus v2 + RAVDESS actors 1-10, and their emotion heads were refitted on those plus Polish speakers m1-m2.
+4 core labels (neutral, happy, sad, angry); chance UA 0.25 (0.5 on the Polish clips, which hold only angry
+and neutral). UA with a 95 % bootstrap interval resampling clips.
 
-| real acted speech, never trained or tuned on | n | SEmoLlama (`speech_llm`) | emotion head alone | standalone eGeMAPS | text_only |
-|---|---|---|---|---|---|
-| RAVDESS actors 13-16 (English) | 112 | **0.734** [0.651, 0.814] | 0.703 [0.619, 0.785] | 0.445 [0.369, 0.529] | 0.250 |
-| Polish speakers m4-m5, angry and neutral | 120 | **0.717** [0.635, 0.793] | 0.767 [0.690, 0.840] | 0.525 [0.435, 0.613] | 0.000 |
-| CREMA-D actors 1001-1002 (English) | 8 | 0.250 [0.0, 0.5] | 0.250 | 0.375 | 0.250 |
-| EmoDB speaker 03 (German) | 4 | 0.500 [0.0, 1.0] | 0.500 | 0.500 | 0.000 |
+| real acted speech, never trained or tuned on | n | routed to the other adapter | SEmoLlama (`speech_llm`) | emotion head alone | standalone eGeMAPS | text_only |
+|---|---|---|---|---|---|---|
+| RAVDESS actors 13-16 (English) | 112 | 0 | **0.734** [0.651, 0.814] | 0.703 [0.619, 0.785] | 0.445 [0.369, 0.529] | 0.250 |
+| Polish speakers m4-m5, angry and neutral | 120 | 120 | **0.800** [0.731, 0.867] | 0.833 [0.766, 0.900] | 0.525 [0.435, 0.613] | 0.000 |
+| CREMA-D actors 1001-1002 (English) | 8 | 0 | 0.250 [0.0, 0.5] | 0.250 | 0.375 | 0.250 |
+| EmoDB speaker 03 (German) | 4 | 4 | 0.000 | 0.000 | 0.500 | 0.000 |
 
-On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. Before the head refit it scored 0.648 on
-the same RAVDESS clips and 0.050 on the same Polish clips (it called most of them "sad"). The 8 CREMA-D clips
-are too few to say much (2 right; both angry clips come out "happy"). Expect it to fail on voices,
-languages and recording conditions unlike those it learnt from: its emotion head refitted without RAVDESS
-scores 0.375 on RAVDESS dev speakers (n=56, 0.760 with RAVDESS), so the synthetic voices alone teach it
-little that carries to people (`scripts/cross_corpus_dev.py`).
+On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. The router added +0.083 [0.009, 0.164]
+on the Polish clips (0.717 with the English adapter alone). The 8 CREMA-D and 4 EmoDB clips are too few to
+say much (CREMA-D: 2 right; both angry clips come out "happy"; EmoDB: none right). Expect it to fail on
+voices, languages and recording conditions unlike those it learnt from: its emotion head refitted without
+RAVDESS scores 0.375 on RAVDESS dev speakers (n=56, 0.760 with RAVDESS), so the synthetic voices alone teach
+it little that carries to people (`scripts/cross_corpus_dev.py`). On a Polish speaker neither adapter had
+heard (dev, simulated), the router scored 0.400 [0.289, 0.517], against 0.083 for the English adapter alone.
 """
 
 # One line for the Talk tab: what the default learnt from, and how well it hears real people.
 TRAINED_ON = ("**The default** learnt from synthetic voices (corpus v2), real acted English speech "
               "(RAVDESS actors 1-10; non-commercial licence) and, for its emotion head, two Polish speakers. "
               "On real actors it never heard it names the emotion with UA 0.734 [0.651, 0.814] (RAVDESS, "
-              "n=112, chance 0.25) and 0.717 [0.635, 0.793] on Polish angry/neutral words (n=120, chance 0.5); "
-              "on other voices it can fail (CREMA-D: 2 of 8). Details in About.")
+              "n=112, chance 0.25) and 0.800 [0.731, 0.867] on Polish angry/neutral words (n=120, chance 0.5; "
+              "these go to its other-language adapter); on other voices it can fail (CREMA-D: 2 of 8; "
+              "EmoDB German: 0 of 4). Details in About.")
 
 LIMITS = """\
 ## Honest limits
 - The embedded models are tiny so that the demo runs offline on a CPU: SmolLM2-135M-Instruct (4-bit)
-  writes short, sometimes odd answers; Whisper tiny.en makes transcription errors and knows only English.
+  writes short, sometimes odd answers; Whisper tiny.en makes transcription errors and knows only English,
+  so in another language the ASR words the LLM reads are noise and only the speech tokens carry anything.
   The paper used Llama 3 8B Instruct and a 1B-parameter Conformer trained on 2,500 hours of speech.
 - The default encoder is trained on **synthetic** acted speech (corpus v2: espeak-ng, MBROLA, flite,
   festival, RHVoice and Piper voices, the emotion only in prosody, every other effect drawn independently
@@ -81,7 +92,7 @@ LIMITS = """\
   also heard two Polish speakers (angry and neutral single words, CC BY 4.0). Its measured
   accuracy on real voices it never heard is above; real, spontaneous emotion is subtler and more varied
   than acted emotion, and other languages and recording conditions are harder still.
-- **Licence:** because it learnt from RAVDESS (CC BY-NC-SA 4.0), the shipped checkpoint inherits
+- **Licence:** because they learnt from RAVDESS (CC BY-NC-SA 4.0), both shipped speech adapters inherit
   RAVDESS's **non-commercial, share-alike** terms (and the MBROLA voices' non-commercial terms), and the
   Polish emotional speech corpus's CC BY 4.0 attribution (Miesikowska & Swisulski 2020). `OPEN=1 bash scripts/train_default.sh` builds a variant without any non-commercial data.
 - Emotion probabilities are the LLM's label scores after a softmax, not calibrated confidences.
