@@ -1,8 +1,9 @@
 """Could a router send non-English speech to a head on Whisper base, and at what threshold? How
 reliably Whisper base (embedded, `embedded:whisper-base`) tells English from other languages on
 short acted clips, read as the shipped router reads it: WhisperBackbone.english_probability, one
-decoder step on the clip's real-length encoder states (the states the other-language head pools
-anyway). Train and dev rows only, never test: RAVDESS (English, actors 1-12), the Polish speakers
+decoder step on the clip's real-length encoder states, from base in int8 on one thread (the
+pipeline's `language_id`); beside it the same reading in float32 (the states the other-language
+head pools), to show that int8 routes every clip as float32 would. Train and dev rows only, never test: RAVDESS (English, actors 1-12), the Polish speakers
 m1-m3 (single words of about 1 s), and the synthetic v2 dev rows. It reports p(English) quantiles
 and, per threshold, the share of each set kept as English.
 
@@ -44,24 +45,32 @@ def main(argv: list[str]) -> int:
                         help="predictions for English and for other clips (repeatable)")
     args = parser.parse_args(argv)
     heard: dict[str, float] = {}
-    base = WhisperBackbone(EMBEDDED_WHISPER_BASE)
+    base = WhisperBackbone(EMBEDDED_WHISPER_BASE)                                   # float32, the heads'
+    language_id = WhisperBackbone(EMBEDDED_WHISPER_BASE, 1, compute_type="int8")    # the router's
     report = {"command": "python scripts/language_id_dev.py " + " ".join(argv),
               "reads": "WhisperBackbone.english_probability on the real-length encoder states (the shipped router's)"}
     for name, (manifest, splits) in SETS.items():
         rows = [u for u in iter_manifest(manifest) if u.split in splits]
-        p_en, spent = [], 0.0
+        p_en, p_f32, spent, spent_f32 = [], [], 0.0, 0.0
         for utt in rows:
             audio = load_audio(utt.audio_path)
             start = time.perf_counter()
-            p = base.english_probability(base.encode(audio))
+            p = language_id.english_probability(language_id.encode(audio))
             spent += time.perf_counter() - start
+            start = time.perf_counter()
+            p_f32.append(base.english_probability(base.encode(audio)))
+            spent_f32 += time.perf_counter() - start
             heard[str(Path(utt.audio_path).resolve())] = p
             p_en.append(p)
+        same = np.mean((np.array(p_en) >= args.threshold) == (np.array(p_f32) >= args.threshold))
         report[name] = {"n": len(rows), "splits": list(splits),
                         "p_english_quantiles": dict(zip(("min", "5%", "25%", "50%", "75%", "95%", "max"),
                                                         np.round(np.quantile(p_en, [0, .05, .25, .5, .75, .95, 1]), 3).tolist())),
                         "kept_as_english_at": {str(t): round(float(np.mean(np.array(p_en) >= t)), 3) for t in THRESHOLDS},
-                        "seconds_per_clip_encoder_and_language_id": round(spent / max(1, len(rows)), 3)}
+                        "seconds_per_clip_encoder_and_language_id": round(spent / max(1, len(rows)), 3),
+                        "float32": {"same_route_at_threshold": round(float(same), 4),
+                                    "largest_p_english_difference": round(float(np.max(np.abs(np.array(p_en) - p_f32))), 4),
+                                    "seconds_per_clip": round(spent_f32 / max(1, len(rows)), 3)}}
         print(name, report[name], flush=True)
     report["routed"] = [route(english, other, heard, args.threshold) for english, other in args.route]
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

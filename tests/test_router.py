@@ -30,6 +30,9 @@ def test_german_goes_to_the_other_language_adapter_and_english_stays(system_fp32
     # Whisper base hears the English clip as English and the German one as not English, plainly
     assert english.p_english > 0.8 and german.p_english < 0.2
     assert not system.routed(english) and system.routed(german)
+    # base's float32 states (what the other head reads) are made only for the clip that needs them
+    assert english.head_states is None and german.head_states is not None
+    assert german.head_states.shape == (2 * 512,)
     assert "English adapter" in system.heard_language(english)
     assert "other-language adapter" in system.heard_language(german)
     # each clip's speech tokens are its own adapter's, in a mixed batch as alone
