@@ -37,7 +37,7 @@ configuration.
 - *How do I sound?* (the emotion chart in Talk): the LLM scores each emotion label after that
   question, reading the emotion token and the speech tokens only, never the words.
 
-**Two adapters and a language router.** Whisper base (multilingual) hears each clip once and gives
+**Two adapters and a language router.** Whisper base (multilingual) listens to each clip and gives
 p(English). From 0.5 up, the English adapter answers (`assets/speech_llm`, its emotion head on Whisper
 tiny.en); below, the other-language adapter does (`assets/speech_llm_multilingual`: the same recipe and
 data, its emotion head on Whisper base, which carries emotion into languages it never trained on far
