@@ -71,3 +71,14 @@ def test_without_the_router_no_clip_is_routed(system_fp32, clips):
     german = plain.features(clips["de"], transcribe=False)
     assert plain.other_adapter is None and plain.head_backbone is None and german.p_english is None
     assert not plain.routed(german) and plain.heard_language(german) == ""
+
+
+def test_an_other_language_adapter_that_cannot_serve_is_a_one_line_error(system_fp32):
+    from semollama_core.config import ASSETS, ConfigError
+    from semollama_core.model.pipeline import SEmoLlama
+
+    # the neutral_aligned adapter has no emotion head on Whisper base: the language ID has nothing to feed
+    with pytest.raises(ConfigError, match="must have its emotion head on embedded:whisper-base") as caught:
+        SEmoLlama(system_fp32.config.replace(other_language_adapter=str(ASSETS / "neutral_aligned")),
+                  llm=system_fp32.llm)
+    assert "\n" not in str(caught.value)

@@ -94,21 +94,20 @@ class SEmoLlama:
                               "other_language_adapter to None to answer every clip with the one adapter.")
         other = self._adapter(location)
         mine, theirs = self.adapter.config, other.config
-        if theirs.head_backbone == EMBEDDED_WHISPER_BASE:
-            try:
-                embedded_whisper_base_path()
-            except ModelUnavailableError as e:
-                if self.config.other_language_adapter != "auto":
-                    raise
-                log.warning("No language router (%s): the English adapter answers every clip.", e)
-                return None
         if (theirs.backbone, theirs.prosody_version, theirs.lexical) != (mine.backbone, mine.prosody_version, mine.lexical):
             raise ConfigError(f"The other-language adapter {location} reads {theirs.backbone}, prosody "
                               f"v{theirs.prosody_version} and lexical={theirs.lexical!r}; the speech_llm adapter "
                               f"{mine.backbone}, v{mine.prosody_version} and {mine.lexical!r}. Both must read the same.")
-        if not theirs.head_backbone or mine.head_backbone not in ("", theirs.head_backbone):
-            raise ConfigError(f"The other-language adapter {location} must have an emotion head on a "
-                              "multilingual Whisper (head_backbone), the one the router's language ID runs on.")
+        if theirs.head_backbone != EMBEDDED_WHISPER_BASE or mine.head_backbone not in ("", theirs.head_backbone):
+            raise ConfigError(f"The other-language adapter {location} must have its emotion head on "
+                              f"{EMBEDDED_WHISPER_BASE} (head_backbone), the Whisper the router's language ID runs on.")
+        try:
+            embedded_whisper_base_path()
+        except ModelUnavailableError as e:
+            if self.config.other_language_adapter != "auto":
+                raise
+            log.warning("No language router (%s): the English adapter answers every clip.", e)
+            return None
         return other
 
     @functools.cached_property
