@@ -82,3 +82,17 @@ def test_an_other_language_adapter_that_cannot_serve_is_a_one_line_error(system_
         SEmoLlama(system_fp32.config.replace(other_language_adapter=str(ASSETS / "neutral_aligned")),
                   llm=system_fp32.llm)
     assert "\n" not in str(caught.value)
+
+
+def test_talk_says_what_the_router_heard_under_the_emotion(system_fp32, clips):
+    import time
+
+    from semollama_core import DecodingOptions, EmotionEvent
+    from ui.talk import TalkView, emotion_summary, with_event
+
+    events = system_fp32.respond_stream(clips["de"], sample_rate=16000, systems=("speech_llm",),
+                                        options=DecodingOptions(max_new_tokens=4))
+    emotion = next(e for e in events if isinstance(e, EmotionEvent))
+    assert "other-language adapter" in emotion.heard_language
+    shown = emotion_summary(with_event(TalkView(), emotion, time.perf_counter())).replace("\\", "")  # markdown escapes
+    assert "Language router: Whisper base: p(English) = 0.0" in shown and "other-language adapter" in shown
