@@ -3,9 +3,10 @@ reliably Whisper base (embedded, `embedded:whisper-base`) tells English from oth
 short acted clips, read as the shipped router reads it: WhisperBackbone.english_probability, one
 decoder step on the clip's real-length encoder states, from base in int8 on one thread (the
 pipeline's `language_id`); beside it the same reading in float32 (the states the other-language
-head pools), to show that int8 routes every clip as float32 would. Train and dev rows only, never test: RAVDESS (English, actors 1-12), the Polish speakers
-m1-m3 (single words of about 1 s), and the synthetic v2 dev rows. It reports p(English) quantiles
-and, per threshold, the share of each set kept as English.
+head pools), and how often the two route a clip the same way. Train and dev rows only, never
+test: RAVDESS (English, actors 1-12), the Polish speakers m1-m3 (single words of about 1 s), and
+the synthetic v2 dev rows. It reports p(English) quantiles and, per threshold, the share of each
+set kept as English.
 
 With `--route EN.predictions.jsonl OTHER.predictions.jsonl` (two eval.ser runs on the same dev
 rows) it also scores a simulated router: each clip takes EN's prediction where p(English) is at

@@ -103,8 +103,8 @@ def _ct2_whisper(threads: int, name: str = EMBEDDED_WHISPER, compute_type: str =
 
 class WhisperBackbone:
     """Encoder states [frames, width] at 50 Hz for a 16 kHz clip, frozen. `compute_type` (embedded
-    models): float32, what every head was trained on, or int8 (the language router's ID: 2.5x faster,
-    p(English) within 0.01)."""
+    models): float32, what every head was trained on, or int8 (the language router's ID: about 2.5x
+    faster; p(English) differs by up to 0.17, scripts/language_id_dev.py)."""
 
     def __init__(self, name: str = EMBEDDED_WHISPER, threads: int = 0, device: str = "cpu",
                  compute_type: str = "float32"):
