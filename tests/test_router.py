@@ -1,9 +1,10 @@
-"""The language router: Whisper base's language ID (one decoder step on the states the other-language
-head reads anyway) sends a clip it does not hear as English to the other-language adapter, whose
-emotion head reads Whisper base; English goes to the English adapter. Real models, real speech
-synthesised by espeak-ng in English and in German."""
+"""The language router: Whisper base's language ID (int8, one decoder step on its encoder states)
+sends a clip it does not hear as English to the other-language adapter, whose emotion head reads
+the pooled states of that same pass; English goes to the English adapter. Real models, real
+speech synthesised by espeak-ng in English and in German."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,9 +31,14 @@ def test_german_goes_to_the_other_language_adapter_and_english_stays(system_fp32
     # Whisper base hears the English clip as English and the German one as not English, plainly
     assert english.p_english > 0.8 and german.p_english < 0.2
     assert not system.routed(english) and system.routed(german)
-    # base's float32 states (what the other head reads) are made only for the clip that needs them
+    # the routed clip's head reads the pooled states of the language ID's own int8 pass: no second
+    # encoder pass, and no float32 Whisper base loaded; the English clip gets none
+    from semollama_core.model.backbone import pooled_states
+
     assert english.head_states is None and german.head_states is not None
     assert german.head_states.shape == (2 * 512,)
+    assert np.array_equal(german.head_states, pooled_states(system.language_id.encode(clips["de"])))
+    assert system.head_backbone is None
     assert "English adapter" in system.heard_language(english)
     assert "other-language adapter" in system.heard_language(german)
     # each clip's speech tokens are its own adapter's, in a mixed batch as alone
@@ -96,3 +102,21 @@ def test_talk_says_what_the_router_heard_under_the_emotion(system_fp32, clips):
     assert "other-language adapter" in emotion.heard_language
     shown = emotion_summary(with_event(TalkView(), emotion, time.perf_counter())).replace("\\", "")  # markdown escapes
     assert "Language router: Whisper base: p(English) = 0.0" in shown and "other-language adapter" in shown
+
+
+def test_building_the_language_id_leaves_torch_threads_as_they_were(system_fp32):
+    """CTranslate2 sets the OpenMP thread count of the thread that builds a model, and torch shares that
+    runtime: the one-thread language ID built in the main thread once left label scoring there on one
+    thread (1.6x slower on 2 cores)."""
+    from semollama_core.config import EMBEDDED_WHISPER_BASE
+    from semollama_core.model import backbone
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backbone._MODELS.pop(("ct2", EMBEDDED_WHISPER_BASE, 1, "int8"), None)  # built again, in this thread
+        language_id = backbone.WhisperBackbone(EMBEDDED_WHISPER_BASE, 1, compute_type="int8")
+        assert language_id.multilingual
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -97,8 +97,25 @@ def _ct2_whisper(threads: int, name: str = EMBEDDED_WHISPER, compute_type: str =
     with _LOCK:
         if key not in _MODELS:
             path = embedded_whisper_path() if name == EMBEDDED_WHISPER else embedded_whisper_base_path()
-            _MODELS[key] = WhisperModel(str(path), device="cpu", compute_type=compute_type, cpu_threads=threads)
+            _MODELS[key] = _keeping_torch_threads(lambda: WhisperModel(str(path), device="cpu",
+                                                                       compute_type=compute_type,
+                                                                       cpu_threads=threads))
         return _MODELS[key]
+
+
+def _keeping_torch_threads(build):
+    """build(), leaving the calling thread's torch thread count as it was. CTranslate2 sets the OpenMP
+    thread count of the thread that builds a model to the model's cpu_threads, and torch shares that
+    OpenMP runtime: building the router's one-thread language ID in the main thread left every later
+    torch pass there (label scoring) on one thread, 1.6x slower on 2 cores (tests/test_router.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return build()
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 class WhisperBackbone:

@@ -131,11 +131,10 @@ class SEmoLlama:
 
     @functools.cached_property
     def head_backbone(self) -> WhisperBackbone | None:
-        """The second backbone an emotion head reads (AdapterConfig.head_backbone; Whisper base, float32):
-        the speech_llm adapter's, else the other-language adapter's (the shipped English adapter's head
-        reads tiny.en's own states). None without either. The router's language ID is `language_id`."""
-        name = self.adapter.config.head_backbone or (self.other_adapter.config.head_backbone
-                                                     if self.other_adapter is not None else "")
+        """The second backbone the speech_llm adapter's emotion head reads (AdapterConfig.head_backbone;
+        Whisper base, float32), or None: the shipped English adapter's head reads tiny.en's own states.
+        A routed clip's head reads the language ID's own int8 pass instead (`_head_pass`)."""
+        name = self.adapter.config.head_backbone
         return WhisperBackbone(name, self.config.threads, self.device) if name else None
 
     @functools.cached_property
@@ -143,7 +142,8 @@ class SEmoLlama:
         """The router's language ID: the other-language head's Whisper in int8 on one thread, in the side
         thread beside the main path (0.03-0.07 s a clip against 0.11-0.17 s in float32). Its p(English)
         differs from float32's by up to 0.17, but routes the same at 0.5 on every RAVDESS and Polish
-        train and dev row and on 98 % of the v2 dev rows (results/language_id_dev.json)."""
+        train and dev row and on 98 % of the v2 dev rows (results/language_id_dev.json). A routed clip's
+        emotion head reads the pooled states of this same pass (results/router_dev/int8_head_states_dev.json)."""
         if self.other_adapter is None:
             return None
         return WhisperBackbone(self.other_adapter.config.head_backbone, 1, self.device, compute_type="int8")
@@ -218,7 +218,7 @@ class SEmoLlama:
     def features(self, audio: np.ndarray, transcribe: bool | None = None) -> SpeechFeatures:
         """Frozen features of a clip. `transcribe` (default: when an adapter reads words) adds
         the ASR hypothesis; label scoring never needs it."""
-        if self.head_backbone is None:
+        if self.head_backbone is None and self.language_id is None:
             features = extract_features(self.backbone, audio, self.prosody_version)
         else:  # the head's encoder runs beside the single-threaded prosody and eGeMAPS of the first
             side = self._side_thread.submit(self._head_pass, audio)
@@ -231,14 +231,19 @@ class SEmoLlama:
         return features
 
     def _head_pass(self, audio: np.ndarray) -> tuple[np.ndarray | None, float | None]:
-        """With a router, p(English) from the int8 language ID; then the head backbone's pooled float32
-        states, which a clip needs only when the head that reads it is a second backbone's: a clip the
-        router keeps on an English adapter whose head reads its own states skips them."""
+        """With a router, p(English) from the int8 language ID; a clip it routes gets the pooled states of
+        that same pass for the other-language head (trained on float32 states; on the routed dev clips its
+        speech_llm labels agree with float32's on 100 % of Polish and 97 % of v2 rows, and the UA is the
+        same: results/router_dev/int8_head_states_dev.json). A clip kept on the English adapter needs
+        states only when that adapter's head reads a second backbone (float32, `head_backbone`)."""
         p_english = None
         if self.language_id is not None:
-            p_english = self.language_id.english_probability(self.language_id.encode(audio))
-            if not self.adapter.config.head_backbone and not self._other_language(p_english):
-                return None, p_english
+            states = self.language_id.encode(audio)
+            p_english = self.language_id.english_probability(states)
+            if self._other_language(p_english):
+                return pooled_states(states), p_english
+        if self.head_backbone is None:
+            return None, p_english
         return pooled_states(self.head_backbone.encode(audio)), p_english
 
     def features_many(self, clips: list[np.ndarray], transcribe: bool | None = None) -> list[SpeechFeatures]:
