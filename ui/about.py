@@ -58,11 +58,11 @@ and neutral). UA with a 95 % bootstrap interval resampling clips.
 | real acted speech, never trained or tuned on | n | routed to the other adapter | SEmoLlama (`speech_llm`) | emotion head alone | standalone eGeMAPS | text_only |
 |---|---|---|---|---|---|---|
 | RAVDESS actors 13-16 (English) | 112 | 0 | **0.734** [0.651, 0.814] | 0.703 [0.619, 0.785] | 0.445 [0.369, 0.529] | 0.250 |
-| Polish speakers m4-m5, angry and neutral | 120 | 120 | **0.800** [0.731, 0.867] | 0.833 [0.766, 0.900] | 0.525 [0.435, 0.613] | 0.000 |
+| Polish speakers m4-m5, angry and neutral | 120 | 120 | **0.817** [0.748, 0.882] | 0.867 [0.800, 0.925] | 0.525 [0.435, 0.613] | 0.000 |
 | CREMA-D actors 1001-1002 (English) | 8 | 0 | 0.250 [0.0, 0.5] | 0.250 | 0.375 | 0.250 |
 | EmoDB speaker 03 (German) | 4 | 4 | 0.000 | 0.000 | 0.500 | 0.000 |
 
-On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. The router added +0.083 [0.009, 0.164]
+On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. The router added +0.100 [0.024, 0.183]
 on the Polish clips (0.717 with the English adapter alone). The 8 CREMA-D and 4 EmoDB clips are too few to
 say much (CREMA-D: 2 right; both angry clips come out "happy"; EmoDB: none right). Expect it to fail on
 voices, languages and recording conditions unlike those it learnt from: its emotion head refitted without
@@ -75,7 +75,7 @@ heard (dev, simulated), the router scored 0.400 [0.289, 0.517], against 0.083 fo
 TRAINED_ON = ("**The default** learnt from synthetic voices (corpus v2), real acted English speech "
               "(RAVDESS actors 1-10; non-commercial licence) and, for its emotion head, two Polish speakers. "
               "On real actors it never heard it names the emotion with UA 0.734 [0.651, 0.814] (RAVDESS, "
-              "n=112, chance 0.25) and 0.800 [0.731, 0.867] on Polish angry/neutral words (n=120, chance 0.5; "
+              "n=112, chance 0.25) and 0.817 [0.748, 0.882] on Polish angry/neutral words (n=120, chance 0.5; "
               "these go to its other-language adapter); on other voices it can fail (CREMA-D: 2 of 8; "
               "EmoDB German: 0 of 4). Details in About.")
 

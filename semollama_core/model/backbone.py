@@ -91,8 +91,12 @@ def embedded_whisper_base_path(cache_dir: str | os.PathLike | None = None) -> Pa
 
 
 def _ct2_whisper(threads: int, name: str = EMBEDDED_WHISPER, compute_type: str = "float32"):
+    """The embedded CTranslate2 Whisper on `threads` CPU threads; 0 means torch's count (the
+    machine's cores), never CTranslate2's own default of 4, which oversubscribes a 2-core machine."""
+    import torch
     from faster_whisper import WhisperModel
 
+    threads = threads or torch.get_num_threads()
     key = ("ct2", name, threads, compute_type)
     with _LOCK:
         if key not in _MODELS:
