@@ -165,9 +165,10 @@ def test_oracle_nll_is_the_lowest_on_the_shipped_configuration(shipped):
     rows = _example_rows()[:3]
     out = run_alignment(shipped, rows, systems=("speech_llm", "speech_only", "text_only"), batch_size=3,
                         max_new_tokens=16, progress=False)
-    # The oracle's answer is the greedy choice of the model that scores it, under its own prompt:
-    # on average no other prompt makes it likelier (one clip may: a greedy answer is not the
-    # likeliest sequence under every prompt).
+    # The oracle's answer is the greedy choice of the model that scores it, under its own prompt; on
+    # these three clips no other prompt makes it likelier on average. That is not a law: a greedy
+    # answer is not the likeliest sequence under every prompt, and on 192 v2 test clips under
+    # llama.cpp speech_llm's NLL ties the oracle's (-0.016 [-0.120, 0.109], results/align.json).
     mean = {name: np.mean([row["nll"][name] for row in out]) for name in out[0]["nll"]}
     assert mean["oracle"] == min(mean.values()), mean
     assert all(row["backend"] == out[0]["backend"] for row in out)
