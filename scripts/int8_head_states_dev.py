@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval.common import paired_ua_difference, run_meta, ua_bootstrap_ci  # noqa: E402
 from semollama_core import PromptInput, load_system, unweighted_accuracy  # noqa: E402
 from semollama_core.config import EMBEDDED_WHISPER_BASE  # noqa: E402
+from semollama_core.corpus.manifest import iter_manifest  # noqa: E402
 from semollama_core.model.backbone import WhisperBackbone, pooled_states  # noqa: E402
 
 SETS = {"polish_dev": "data/real_split/manifest.jsonl", "synth_v2_dev": "data/synth_v2/manifest.jsonl"}
@@ -40,16 +41,16 @@ def main() -> int:
     labels = list(system.config.labels)
     report = {"sets": {}}
     for name, manifest in SETS.items():
-        root = Path(manifest).parent
-        rows = [json.loads(line) for line in open(manifest)]
-        rows = [r for r in rows if r["split"] == "dev" and r["emotion"] in labels]
+        root = Path(manifest).resolve().parent
+        rows = [u for u in iter_manifest(manifest, split="dev") if u.emotion in labels]
         began, scored = time.time(), []
-        for row in rows:
-            audio = system.load(str(root / row["audio"]))
+        for utt in rows:
+            audio = system.load(str(utt.audio_path))
             features = system.features(audio, transcribe=False)
             if not system.routed(features):
                 continue
-            item = {"audio": row["audio"], "emotion": row["emotion"], "p_english": round(features.p_english, 4)}
+            item = {"audio": str(utt.audio_path.relative_to(root)), "emotion": utt.emotion,
+                    "p_english": round(features.p_english, 4)}
             int8 = features.head_states
             for kind, states in (("float32", pooled_states(float32.encode(audio))), ("int8", int8)):
                 features.head_states = states
