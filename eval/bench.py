@@ -117,7 +117,8 @@ def peak_rss_mb() -> float:
 
 def turn_answer(system, path: Path, system_name: str, decoding) -> str:
     """A whole turn from audio (SEmoLlama.respond_stream) answered by one system: its answer.
-    The LLM's prefix cache is emptied first, so the turn is timed as for a new clip."""
+    The LLM's prefix cache is emptied first, so the turn is timed as for a new clip; llama.cpp
+    keeps its saved prompt head (the chat's system turn, the same for every clip), as in the app."""
     from semollama_core import TurnDone
 
     system.prefix_cache.clear()
@@ -417,7 +418,7 @@ def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: st
             "cascade_natural_length_s": round(stages["cascade_end_to_end_natural_length"], 4),
             "scope": "a whole turn from audio, each system answering the same number of tokens "
                      "(settings.max_new_tokens; stop tokens held back), the LLM's prefix cache emptied "
-                     "before each turn (a new clip); the two systems' turns alternate in pairs, and difference_s is the "
+                     "before each turn (a new clip; llama.cpp keeps its saved system turn, as the app does); the two systems' turns alternate in pairs, and difference_s is the "
                      "mean paired difference speech_llm - cascade with a 95 % bootstrap interval over the pairs. "
                      "At natural lengths (end_to_end_natural_length_s) "
                      "the time follows each answer's length (generation_by_system.*.tokens)"},

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from semollama_core.config import ASSETS, ConfigError, SEmoConfig
+from semollama_core.model import prompts as prompts_module
 from semollama_core.model.generation import DecodingOptions
 from semollama_core.model.llama_cpp_decode import (choose_decoder, llama_cpp_importable, llama_cpp_problem, log_softmax,
                                                    token_picker)
@@ -97,6 +98,30 @@ def test_interleaved_streams_and_threads_keep_their_own_answers(fast, prompts):
     for t in threads:
         t.join()
     assert [results[0], results[1]] == alone
+
+
+def test_the_saved_prompt_head_reads_less_and_changes_nothing(fast, system_fp32, prompts):
+    """The system turn that prompts share is read once and restored from a saved KV state; the
+    logits and answers after it are bit-identical to reading each prompt whole."""
+    model = fast.llama_cpp
+    rows = [unpadded_rows(fast.encode_prompts([p]))[0] for p in prompts]
+    rows.append(unpadded_rows(fast.encode_ser_prompts([prompts[-1]]))[0])
+    cold = []
+    for row in rows:
+        model.forget_head()
+        cold.append(model.next_token_logits(row))
+    model.forget_head()
+    hits = model.head_hits
+    order = [0, 1, 3, 2, 1, 0, 3, 2, 2]  # a prompt read twice in a row must not grow the head
+    warm = [model.next_token_logits(rows[i]) for i in order]
+    assert all(np.array_equal(w, cold[i]) for w, i in zip(warm, order))
+    assert model.head_hits - hits == len(order) - 2  # all but the first two prompts (which find it)
+    system_turn = prompts_module.split_speech_chat(fast.tokenizer, prompts_module.SPEECH_PLACEHOLDER, None).prefix
+    assert model._head.length == len(fast.token_ids(system_turn))
+    options = DecodingOptions(max_new_tokens=12)
+    warm_answers = [fast.generate([p], options)[0] for p in prompts]
+    model.forget_head()
+    assert warm_answers == [fast.generate([p], options)[0] for p in reversed(prompts)][::-1]
 
 
 def test_sampling_is_reproducible_with_a_seed(fast, prompts):

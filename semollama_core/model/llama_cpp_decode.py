@@ -194,6 +194,14 @@ class LlamaCppModel:
     cache remembers whose answer it holds. An answer that finds another's state there (two
     streams interleaved, or a stream left half-read) re-reads its prompt and its own tokens,
     so no lock is held between the tokens a stream yields.
+
+    The prompt head: the leading positions that the last two prompts read shared before they
+    parted (the chat's system turn, the same for every clip) are kept as a saved KV state, and a
+    prompt that starts with them reads only what follows. A prompt read again does not grow it. Every prompt is read from an emptied cache, either whole
+    or as head and rest; both give bit-identical logits (tests/test_llama_cpp_decode.py), so an
+    answer never depends on what was read before it. (Trimming a used cache back to a shared
+    prefix instead does not: a later single position can land in another KV cell and round
+    differently.)
     """
 
     def __init__(self, gguf_path: str | Path | None = None, *, n_threads: int, n_ctx: int = 4096,
@@ -214,6 +222,9 @@ class LlamaCppModel:
         self._lock = threading.Lock()
         self._answer_ids = itertools.count(1)
         self._holder: tuple[int, int] | None = None   # (answer id, its tokens in the cache)
+        self._last_prompt = None                         # the prompt read last (to find a shared head)
+        self._head: _PromptHead | None = None
+        self.head_hits = 0                               # prompts that reused the head
 
     def footprint_mb(self) -> float:
         """Size of the model's tensors as llama.cpp holds them (the GGUF's own quantization)."""
@@ -313,14 +324,52 @@ class LlamaCppModel:
             self._holder = None
             raise
 
+    def forget_head(self) -> None:
+        """Drop the saved prompt head: the next prompt is read whole (benchmarks of a cold start)."""
+        with self._lock:
+            self._head, self._last_prompt = None, None
+
     def _restart(self, prompt) -> None:
-        """Empty the cache and read a prompt; the logits of its last position are then ready."""
+        """Empty the cache and read a prompt, through the saved head where the prompt starts with
+        it; the logits of its last position are then ready."""
         self._holder = None
-        self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
-        if isinstance(prompt, np.ndarray):
-            self._feed_embeddings(prompt)
+        memory = self._lib.llama_get_memory(self._ctx)
+        self._lib.llama_memory_clear(memory, True)
+        head, length = self._head, _length(prompt)
+        if head is not None and head.length < length and _common_length(head.rows, prompt) == head.length:
+            if self._lib.llama_state_seq_set_data(self._ctx, head.state, len(head.state), 0) > 0:
+                self.head_hits += 1
+                self._feed_part(prompt, head.length)
+                self._last_prompt = _copy(prompt)
+                return
+            self._head = None  # llama.cpp refused its own state: read whole from now on
+            self._lib.llama_memory_clear(memory, True)
+        last = self._last_prompt
+        shared = _common_length(last, prompt) if last is not None else 0
+        if MIN_HEAD <= shared < min(length, _length(last) if last is not None else 0):  # two prompts that part
+            self._feed_part(prompt[:shared], 0)
+            state = self._saved_state()
+            self._head = None if state is None else _PromptHead(_copy(prompt[:shared]), shared, state)
+            self._feed_part(prompt, shared)
         else:
-            self._feed_tokens(list(prompt), 0)
+            self._feed_part(prompt, 0)
+        self._last_prompt = _copy(prompt)
+
+    def _feed_part(self, prompt, first_position: int) -> None:
+        """Read prompt[first_position:] at its own positions."""
+        if isinstance(prompt, np.ndarray):
+            self._feed_embeddings(prompt[first_position:], first_position)
+        else:
+            self._feed_tokens(list(prompt[first_position:]), first_position)
+
+    def _saved_state(self):
+        """The cache's KV state (sequence 0) as bytes llama_state_seq_set_data reads back, or None."""
+        size = self._lib.llama_state_seq_get_size(self._ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(self._ctx, state, size, 0)
+        if not written:
+            return None
+        return (ctypes.c_uint8 * written).from_buffer_copy(state) if written != size else state
 
     def _checked(self, prompt):
         if isinstance(prompt, np.ndarray):
@@ -343,10 +392,12 @@ class LlamaCppModel:
                 batch.token[i] = ids[start + i]
         self._feed(self._token_batch, len(ids), first_position, fill, every_logit)
 
-    def _feed_embeddings(self, embeds: np.ndarray) -> None:
+    def _feed_embeddings(self, embeds: np.ndarray, first_position: int = 0) -> None:
+        embeds = np.ascontiguousarray(embeds)
+
         def fill(batch, start, count):
             ctypes.memmove(batch.embd, embeds[start: start + count].ctypes.data, count * self.n_embd * 4)
-        self._feed(self._embd_batch, len(embeds), 0, fill, False)
+        self._feed(self._embd_batch, len(embeds), first_position, fill, False)
 
     def _feed(self, batch, length: int, first_position: int, fill, every_logit: bool) -> None:
         """Positions in chunks of n_batch; logits for the last one (or, every_logit, for all)."""
@@ -362,6 +413,31 @@ class LlamaCppModel:
             status = self._lib.llama_decode(self._ctx, batch)
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status}.")
+
+
+MIN_HEAD = 8  # a shorter shared head is not worth saving
+
+
+@dataclass(frozen=True)
+class _PromptHead:
+    """Leading prompt positions and the KV state that holds them (llama_state_seq_get_data)."""
+    rows: object       # float32 [positions, n_embd] embeddings, or token ids
+    length: int
+    state: object      # ctypes uint8 array
+
+
+def _copy(prompt):
+    return prompt.copy() if isinstance(prompt, np.ndarray) else list(prompt)
+
+
+def _common_length(a, b) -> int:
+    """How many leading positions two prompts (both embeddings or both token ids) share exactly."""
+    if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
+        return 0
+    n = min(_length(a), _length(b))
+    same = (np.all(a[:n] == b[:n], axis=1) if isinstance(a, np.ndarray)
+            else np.asarray(list(a[:n])) == np.asarray(list(b[:n])))
+    return n if bool(same.all()) else int(np.argmin(same))
 
 
 def _free(lib, llama, *batches) -> None:
