@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -84,6 +84,16 @@ def run_ser(system, utterances: Sequence[Utterance], systems: Sequence[str] = DE
 
 
 def _predict_batch(system, batch, systems, labels, given_transcripts, standalone, transform, extra) -> list[dict]:
+    return [row for rows in prediction_steps(system, batch, systems, labels=labels,
+                                             given_transcripts=given_transcripts, standalone=standalone,
+                                             transform=transform, extra=extra) for row in rows]
+
+
+def prediction_steps(system, batch, systems, *, labels, given_transcripts: bool = False, standalone=None,
+                     transform=None, extra: dict | None = None) -> Iterator[list[dict]]:
+    """One batch's predictions in short steps: loading the clips with their features and words
+    (yields []), then each system's rows in turn. The Evaluate tab holds the model slot for one
+    step at a time, so a Talk turn waits for one step, never a whole batch."""
     clips = [system.load(str(u.audio_path)) for u in batch]
     if transform is not None:
         clips = [transform(u, clip) for u, clip in zip(batch, clips)]
@@ -91,9 +101,11 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
                 if set(SPEECH_FEATURE_SYSTEMS) & set(systems) else None)
     transcripts = None
     if "text_only" in systems:
-        transcripts = [u.transcript if given_transcripts and u.transcript else system.transcribe(c)
-                       for u, c in zip(batch, clips)]
-    out = []
+        # with features, the ASR decodes their encoder states (the same words, one encoder pass)
+        transcripts = [u.transcript if given_transcripts and u.transcript
+                       else system.transcribe(c, features[i] if features else None)
+                       for i, (u, c) in enumerate(zip(batch, clips))]
+    yield []
     for name in systems:
         if name == "standalone":
             probs = [_restricted(dict(zip(standalone.labels, map(float, p))), labels)
@@ -104,6 +116,7 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
             inputs = [PromptInput(name, features[i] if features else None,
                                   transcripts[i] if name == "text_only" else None) for i in range(len(batch))]
             probs = [p.probs for p in system.predict_emotions(inputs, labels=labels)]
+        out = []
         for i, u in enumerate(batch):
             row = {"audio": str(u.audio_path), "speaker": u.speaker, "emotion": u.emotion, "split": u.split,
                    "sentence": u.transcript, "system": name, "predicted": max(probs[i], key=probs[i].get),
@@ -116,7 +129,7 @@ def _predict_batch(system, batch, systems, labels, given_transcripts, standalone
                 row["transcript"] = transcripts[i]
                 row["transcript_source"] = "manifest" if given_transcripts and u.transcript else "asr"
             out.append(row)
-    return out
+        yield out
 
 
 def emotion_head_probs(system, features) -> list[dict[str, float]]:

@@ -18,7 +18,8 @@ SOURCES = ("bundled examples", "upload")
 SYSTEM_CHOICES = ("speech_llm", "text_only", "standalone", "neutral_aligned")
 DEFAULT_SYSTEMS = ["speech_llm", "text_only", "standalone"]
 MAX_ITEMS = 500  # the app runs on a shared CPU; bigger sets belong to `python -m eval.ser`
-# A chunk of an evaluation holds the model slot about this long; a Talk turn waits at most one chunk.
+# A step of an evaluation chunk (its clips' features, or one system's scores) holds the model slot
+# about this long; a Talk turn waits at most one step.
 CHUNK_TARGET_S = 0.4
 MAX_CHUNK = 16  # eval.ser's batch size: bigger chunks gain nothing
 
@@ -56,8 +57,8 @@ class EvaluationProgress:
 
 def evaluation_steps(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
                      limit: Any) -> Iterator[EvaluationProgress | Evaluation]:
-    """An evaluation in short chunks: each holds the model slot about CHUNK_TARGET_S and gives it
-    back, so that a Talk turn waiting meanwhile goes first. Yields progress after every chunk,
+    """An evaluation in short chunks, each in steps (ser.prediction_steps) that hold the model slot
+    about CHUNK_TARGET_S at most and give it back, so that a Talk turn waiting meanwhile goes first. Yields progress after every chunk,
     then the Evaluation. Closing the generator (Cancel) stops it between chunks."""
     from eval import ser
     from eval.common import AUTO_SPLIT, evaluation_rows
@@ -77,13 +78,18 @@ def evaluation_steps(backend: Backend, source: str, manifest_file: Any, zip_file
     while len(predictions) < len(rows) * len(chosen):
         done = len(predictions) // len(chosen)
         chunk = rows[done:done + size]
-        with backend.slot.batch():
-            began = time.perf_counter()
-            predictions += ser.run_ser(system, chunk, chosen, batch_size=len(chunk), labels=labels,
-                                       standalone=standalone, progress=lambda *_: None)
-            spent = time.perf_counter() - began
-        # Next chunk: as many clips as fit in the target at this chunk's pace.
-        size = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S * len(chunk) / max(spent, 1e-3))))
+        steps = ser.prediction_steps(system, chunk, chosen, labels=labels, standalone=standalone)
+        longest = 0.0
+        while True:  # the slot is held one step at a time: the features, then each system's scores
+            with backend.slot.batch():
+                began = time.perf_counter()
+                part = next(steps, None)
+                longest = max(longest, time.perf_counter() - began)
+            if part is None:
+                break
+            predictions += part
+        # Next chunk: as many clips as keep its longest step within the target, at this chunk's pace.
+        size = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S * len(chunk) / max(longest, 1e-3))))
         yield EvaluationProgress(done + len(chunk), len(rows), time.perf_counter() - started)
     scores = ser.score_predictions(predictions, labels)
     yield Evaluation(scores, predictions, notes, _items(predictions))
