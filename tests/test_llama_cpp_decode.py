@@ -124,6 +124,20 @@ def test_the_saved_prompt_head_reads_less_and_changes_nothing(fast, system_fp32,
     assert warm_answers == [fast.generate([p], options)[0] for p in reversed(prompts)][::-1]
 
 
+def test_the_emotion_question_reads_in_one_pass_when_llama_cpp_answers(fast, system_fp32, prompts):
+    """No llama.cpp answer reads torch's prefix cache, so the emotion question reads its prompt in
+    one pass (an NF4 LLM dequantizes its weights once, not twice), with the same scores as the
+    two-part read that torch decoding keeps for its answers."""
+    fast.prefix_cache.clear()
+    one_pass = fast.predict_emotions([prompts[-1]])[0]
+    assert fast.prefix_cache._embeds is None
+    system_fp32.prefix_cache.clear()
+    two_parts = system_fp32.predict_emotions([prompts[-1]])[0]
+    assert system_fp32.prefix_cache._embeds is not None
+    assert one_pass.label == two_parts.label
+    assert one_pass.log_likelihoods == pytest.approx(two_parts.log_likelihoods, abs=1e-3)
+
+
 def test_sampling_is_reproducible_with_a_seed(fast, prompts):
     sampled = DecodingOptions(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=7)
     first = fast.generate(prompts[:2], sampled)
