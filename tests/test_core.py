@@ -99,7 +99,7 @@ def test_label_scoring_matches_a_plain_forward_pass(system_fp32):
 def test_shared_prefix_label_scoring_equals_the_plain_batch(system_fp32, speech_16k):
     """The batch's common prefix (system turn, start of the user turn) runs once; every row's
     scores stay what the plain batched pass and the row alone give (multi-token labels too)."""
-    from semollama_core.model.generation import label_log_likelihoods, shared_prefix_length
+    from semollama_core.model.generation import PrefixCache, label_log_likelihoods, shared_prefix_length
 
     labels = ("neutral", "happy", "exasperated")
     ids = system_fp32.label_token_ids(labels)
@@ -121,6 +121,14 @@ def test_shared_prefix_label_scoring_equals_the_plain_batch(system_fp32, speech_
     assert torch.allclose(plain, fast, atol=1e-3), (plain, fast)
     # a batch that shares nothing (one row) takes the plain path
     assert shared_prefix_length(batch.inputs_embeds[:1], batch.attention_mask[:1]) == 0
+    # the shared part's cache kept from one batch to the next (no second pass over the weights,
+    # which NF4 dequantizes on every pass) gives exactly the same scores
+    head = PrefixCache()
+    with torch.no_grad():
+        for expected_hits in (0, 1):
+            kept = label_log_likelihoods(system_fp32.llm.model, batch.inputs_embeds, batch.attention_mask, ids,
+                                         head=head)
+            assert torch.equal(kept, fast) and head.hits == expected_hits
 
 
 def test_streaming_and_non_streaming_greedy_give_the_same_text(system_fp32, speech_16k):

@@ -48,6 +48,9 @@ class SEmoLlama:
         # the LLM's cache over the last clip's speech prompt: the emotion question and the answers
         # about one clip read its system turn and speech tokens once (torch decoding)
         self.prefix_cache = PrefixCache()
+        # the part every row of a label-scoring batch shares (the chat's system turn), kept from one
+        # batch to the next: an NF4 LLM then makes one pass over its weights a batch, not two
+        self.head_cache = PrefixCache()
         self.decoder = choose_decoder(self.config, self.device)
         self.llama_cpp = self._llama_cpp() if self.decoder == "llama_cpp" else None
         if self.llama_cpp is None:
@@ -414,7 +417,7 @@ class SEmoLlama:
         prefix = self.prefix_cache if self.llama_cpp is None else None
         scores = label_log_likelihoods(self.llm.model, batch.inputs_embeds, batch.attention_mask,
                                        self.label_token_ids(labels), prefix=prefix,
-                                       split=batch.shared_ends[0]).cpu()
+                                       split=batch.shared_ends[0], head=self.head_cache).cpu()
         probs = torch.softmax(scores, dim=-1)
         return [EmotionPrediction(labels[int(p.argmax())], {l: float(v) for l, v in zip(labels, p)},
                                   {l: float(v) for l, v in zip(labels, s)}) for p, s in zip(probs, scores)]
