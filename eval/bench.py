@@ -418,7 +418,8 @@ def goals(ratio, ratio_via_llama_cpp_decode, stages, ser_from_audio, decoder: st
             "cascade_natural_length_s": round(stages["cascade_end_to_end_natural_length"], 4),
             "scope": "a whole turn from audio, each system answering the same number of tokens "
                      "(settings.max_new_tokens; stop tokens held back), the LLM's prefix cache emptied "
-                     "before each turn (a new clip; llama.cpp keeps its saved system turn, as the app does); the two systems' turns alternate in pairs, and difference_s is the "
+                     "before each turn (a new clip; llama.cpp keeps its saved system turn, as the app does); "
+                     "the two systems' turns alternate in pairs, and difference_s is the "
                      "mean paired difference speech_llm - cascade with a 95 % bootstrap interval over the pairs. "
                      "At natural lengths (end_to_end_natural_length_s) "
                      "the time follows each answer's length (generation_by_system.*.tokens)"},

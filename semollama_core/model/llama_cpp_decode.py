@@ -197,9 +197,10 @@ class LlamaCppModel:
 
     The prompt head: the leading positions that the last two prompts read shared before they
     parted (the chat's system turn, the same for every clip) are kept as a saved KV state, and a
-    prompt that starts with them reads only what follows. A prompt read again does not grow it. Every prompt is read from an emptied cache, either whole
-    or as head and rest; both give bit-identical logits (tests/test_llama_cpp_decode.py), so an
-    answer never depends on what was read before it. (Trimming a used cache back to a shared
+    prompt that starts with them reads only what follows. A prompt read again does not grow it.
+    Every prompt is read from an emptied cache, either whole or as head and rest; both give
+    bit-identical logits (tests/test_llama_cpp_decode.py), so an answer never depends on what was
+    read before it. (Trimming a used cache back to a shared
     prefix instead does not: a later single position can land in another KV cell and round
     differently.)
     """
@@ -349,7 +350,7 @@ class LlamaCppModel:
         if MIN_HEAD <= shared < min(length, _length(last) if last is not None else 0):  # two prompts that part
             self._feed_part(prompt[:shared], 0)
             state = self._saved_state()
-            self._head = None if state is None else _PromptHead(_copy(prompt[:shared]), shared, state)
+            self._head = None if state is None else _PromptHead(_copy(prompt[:shared]), state)
             self._feed_part(prompt, shared)
         else:
             self._feed_part(prompt, 0)
@@ -422,8 +423,11 @@ MIN_HEAD = 8  # a shorter shared head is not worth saving
 class _PromptHead:
     """Leading prompt positions and the KV state that holds them (llama_state_seq_get_data)."""
     rows: object       # float32 [positions, n_embd] embeddings, or token ids
-    length: int
     state: object      # ctypes uint8 array
+
+    @property
+    def length(self) -> int:
+        return _length(self.rows)
 
 
 def _copy(prompt):
