@@ -58,7 +58,7 @@ class EvaluationProgress:
 def evaluation_steps(backend: Backend, source: str, manifest_file: Any, zip_file: Any, systems: list[str] | None,
                      limit: Any) -> Iterator[EvaluationProgress | Evaluation]:
     """An evaluation in short chunks, each in steps (ser.prediction_steps) that hold the model slot
-    about CHUNK_TARGET_S and give it back, so that a Talk turn waiting meanwhile goes first.
+    about CHUNK_TARGET_S at most and give it back, so that a Talk turn waiting meanwhile goes first.
     Yields progress after every chunk, then the Evaluation. Closing the generator (Cancel) stops it between chunks."""
     from eval import ser
     from eval.common import AUTO_SPLIT, evaluation_rows

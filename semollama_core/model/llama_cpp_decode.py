@@ -200,9 +200,8 @@ class LlamaCppModel:
     prompt that starts with them reads only what follows. A prompt read again does not grow it.
     Every prompt is read from an emptied cache, either whole or as head and rest; both give
     bit-identical logits (tests/test_llama_cpp_decode.py), so an answer never depends on what was
-    read before it. (Trimming a used cache back to a shared
-    prefix instead does not: a later single position can land in another KV cell and round
-    differently.)
+    read before it. (Trimming a used cache back to a shared prefix instead does not: a later
+    single position can land in another KV cell and round differently.)
     """
 
     def __init__(self, gguf_path: str | Path | None = None, *, n_threads: int, n_ctx: int = 4096,
