@@ -12,7 +12,8 @@ functionals of the frozen backbone); features come from the training cache.
     python scripts/cross_corpus_dev.py data/mix_real/manifest.jsonl --run runs/speech_llm_head \\
         --out results/cross_corpus_dev.json
 
-Writes, per fit ("all" and "without_<corpus>") and dev corpus: UA over the labels present, the
+Writes, per fit ("all", "without_<corpus>" for each corpus, synthetic included, and
+"only_<synthetic corpus>") and dev corpus: UA over the labels present, the
 mean and each seed; for a corpus with only angry and neutral, also `angry_vs_neutral` (the higher
 of the two label probabilities, chance 0.5).
 """
@@ -62,6 +63,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--cache", default="data/targets/features")
+    parser.add_argument("--synthetic", default=SYNTHETIC,
+                        help="the synthetic corpus's source name (the folder of its manifest)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     system = SEmoLlama(SEmoConfig.from_env().replace(adapter=str(Path(args.run) / "adapter"), decoder="torch",
@@ -70,10 +73,13 @@ def main(argv: list[str]) -> int:
     clips = load_clips(args.manifest, ("train", "dev"), system, Path(args.cache))
     corpora = sorted({source(c) for c in clips["train"]})
     dev = {name: [c for c in clips["dev"] if source(c) == name] for name in corpora}
-    fits = {"all": None, **{f"without_{name}": name for name in corpora if name != SYNTHETIC}}
+    real = tuple(name for name in corpora if name != args.synthetic)
+    # each real corpus left out in turn; and every real corpus left out (the synthetic corpus alone)
+    fits = {"all": (), **{f"without_{name}": (name,) for name in real}, f"only_{args.synthetic}": real,
+            f"without_{args.synthetic}": (args.synthetic,)}
     results: dict = {}
     for fit_name, left_out in fits.items():
-        train = [c for c in clips["train"] if source(c) != left_out]
+        train = [c for c in clips["train"] if source(c) not in left_out]
         runs: dict = {}
         for seed in seeds:
             adapter = copy.deepcopy(system.adapter)

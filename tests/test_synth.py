@@ -355,3 +355,17 @@ def test_bad_input_gives_one_line_errors(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "Debian package espeak-ng" in error
     assert not (tmp_path / "c").exists()
+
+
+def test_session_spread_zero_renders_every_session_at_the_voices_own_pitch_and_rate():
+    """--session-spread 0 (a dev experiment) keeps every other draw of the plan and refuses
+    values outside [0, 1]."""
+    base = synth.plan_corpus(SynthOptions(engines=BASIC), synth.load_sentences(), BASIC)
+    flat = synth.plan_corpus(SynthOptions(engines=BASIC, session_spread=0.0), synth.load_sentences(), BASIC)
+    assert [j.clip_id for j in flat] == [j.clip_id for j in base]
+    assert all(j.params.session_pitch_st == 0 and j.params.session_tempo == 1.0 for j in flat)
+    assert any(abs(j.params.session_tempo - 1.0) > 0.1 for j in base)
+    assert [dataclasses.replace(j.params, session_pitch_st=0.0, session_tempo=1.0) for j in base] == \
+        [j.params for j in flat]
+    with pytest.raises(SynthError, match="session-spread"):
+        synthesize_corpus(tempfile.mkdtemp(), SynthOptions(engines=BASIC, session_spread=2.0))

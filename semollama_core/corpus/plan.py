@@ -54,6 +54,8 @@ class SynthOptions:
     noise_prob: float = 0.7           # chance that a clip gets background noise
     progress: bool = True             # tqdm bar on stderr
     split: str | None = None          # one split for every voice (held-out corpus); None: all
+    session_spread: float = 1.0       # scales SESSION_PITCH_ST and SESSION_TEMPO (0: every session at
+                                      # the voice's own pitch and rate; a dev experiment, not the plan)
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,9 @@ def plan_corpus(options: SynthOptions, sentences: list[str], engines: tuple[str,
                 session = seeded_rng(options.seed, "session", split, sentence_id, voice.speaker)
                 session_pitch = float(session.uniform(*SESSION_PITCH_ST))
                 session_tempo = float(session.uniform(*SESSION_TEMPO))
+                if options.session_spread != 1.0:  # the plan's own draws stay bit-identical
+                    session_pitch *= options.session_spread
+                    session_tempo = 1.0 + (session_tempo - 1.0) * options.session_spread
                 for emotion in options.emotions:
                     clip_id = _clip_id(split, sentence_id, voice, emotion)
                     params = _draw_params(seeded_rng(options.seed, clip_id), emotion,
