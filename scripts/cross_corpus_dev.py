@@ -9,7 +9,7 @@ what the held-back and outside evaluations ask of the model. Only train and dev 
 never test rows. The adapter's other weights do not matter here (the head reads utterance
 functionals of the frozen backbone); features come from the training cache.
 
-    python scripts/cross_corpus_dev.py data/mix_real/manifest.jsonl --run runs/speech_llm_head \\
+    python scripts/cross_corpus_dev.py data/mix_real/manifest.jsonl --adapter assets/speech_llm \\
         --out results/cross_corpus_dev.json
 
 Writes, per fit ("all", "without_<corpus>" for each corpus, synthetic included, and
@@ -59,6 +59,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="mixed manifest with a `source` column and train/dev splits")
     parser.add_argument("--run", default="runs/speech_llm_head", help="run folder whose adapter/ holds the head")
+    parser.add_argument("--adapter", default=None,
+                        help="an adapter folder instead of RUN/adapter (e.g. assets/speech_llm; only the "
+                             "head's inputs matter: every fit starts from fresh head weights)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=60)
@@ -67,7 +70,8 @@ def main(argv: list[str]) -> int:
                         help="the synthetic corpus's source name (the folder of its manifest)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    system = SEmoLlama(SEmoConfig.from_env().replace(adapter=str(Path(args.run) / "adapter"), decoder="torch",
+    adapter_dir = args.adapter or str(Path(args.run) / "adapter")
+    system = SEmoLlama(SEmoConfig.from_env().replace(adapter=adapter_dir, decoder="torch",
                                                       device="cpu"))
     labels = list(system.adapter.config.labels)
     clips = load_clips(args.manifest, ("train", "dev"), system, Path(args.cache))
@@ -93,7 +97,7 @@ def main(argv: list[str]) -> int:
         results[fit_name] = {key: {"mean": round(float(np.mean(v)), 3), "seeds": [round(float(x), 3) for x in v],
                                    "n": len(dev[key.split(".")[0]])} for key, v in runs.items()}
         print(fit_name, json.dumps({k: v["mean"] for k, v in results[fit_name].items()}), flush=True)
-    report = {"manifest": args.manifest, "run": args.run, "seeds": seeds, "epochs": args.epochs,
+    report = {"manifest": args.manifest, "adapter": adapter_dir, "seeds": seeds, "epochs": args.epochs,
               "train_clips": {name: sum(source(c) == name for c in clips["train"]) for name in corpora},
               "fits": results, "command": "python scripts/cross_corpus_dev.py " + " ".join(argv)}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

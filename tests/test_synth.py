@@ -369,3 +369,17 @@ def test_session_spread_zero_renders_every_session_at_the_voices_own_pitch_and_r
         [j.params for j in flat]
     with pytest.raises(SynthError, match="session-spread"):
         synthesize_corpus(tempfile.mkdtemp(), SynthOptions(engines=BASIC, session_spread=2.0))
+
+
+def test_effort_tilt_moves_only_the_voice_quality_tilt():
+    """--effort-tilt K (a dev experiment): each clip's tilt is drawn around K x its drawn vocal
+    effort instead of its class's mean; every other draw stays the plan's."""
+    base = synth.plan_corpus(SynthOptions(engines=BASIC), synth.load_sentences(), BASIC)
+    tilted = synth.plan_corpus(SynthOptions(engines=BASIC, effort_tilt=0.35), synth.load_sentences(), BASIC)
+    for a, b in zip(base, tilted):
+        assert dataclasses.replace(a.params, tilt_db=0.0) == dataclasses.replace(b.params, tilt_db=0.0)
+        band = plan.EMOTION_BANDS[a.emotion]
+        # the same normal draw around another mean (rounded to 0.01 dB)
+        assert abs((b.params.tilt_db - 0.35 * b.params.level_db) - (a.params.tilt_db - band.tilt_db)) < 0.011
+    with pytest.raises(SynthError, match="effort-tilt"):
+        synthesize_corpus(tempfile.mkdtemp(), SynthOptions(engines=BASIC, effort_tilt=-1.0))

@@ -66,8 +66,9 @@ On RAVDESS it beats the standalone model by +0.289 [0.161, 0.406]. The router ad
 on the Polish clips (0.717 with the English adapter alone). The 8 CREMA-D and 4 EmoDB clips are too few to
 say much (CREMA-D: 2 right; both angry clips come out "happy"; EmoDB: none right). Expect it to fail on
 voices, languages and recording conditions unlike those it learnt from: its emotion head refitted without
-RAVDESS scores 0.375 on RAVDESS dev speakers (n=56, 0.760 with RAVDESS), so the synthetic voices alone teach
-it little that carries to people (`scripts/cross_corpus_dev.py`). On a Polish speaker neither adapter had
+RAVDESS scores 0.359 on RAVDESS dev speakers (n=56, 0.729 with RAVDESS), and fitted on synthetic voices
+alone 0.281 (chance 0.25): the synthetic voices teach it nothing measurable that carries to people
+(`scripts/cross_corpus_dev.py`). On a Polish speaker neither adapter had
 heard (dev, simulated), the router scored 0.400 [0.289, 0.517], against 0.083 for the English adapter alone.
 """
 

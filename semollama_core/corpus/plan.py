@@ -56,6 +56,8 @@ class SynthOptions:
     split: str | None = None          # one split for every voice (held-out corpus); None: all
     session_spread: float = 1.0       # scales SESSION_PITCH_ST and SESSION_TEMPO (0: every session at
                                       # the voice's own pitch and rate; a dev experiment, not the plan)
+    effort_tilt: float = 0.0          # > 0: the voice-quality tilt's mean is this many dB per dB of the
+                                      # clip's drawn vocal effort, not the class mean (a dev experiment)
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ def plan_corpus(options: SynthOptions, sentences: list[str], engines: tuple[str,
                     params = _draw_params(seeded_rng(options.seed, clip_id), emotion,
                                           options.noise_prob, babble_pool,
                                           session_pitch, session_tempo,
-                                          seeded_rng(options.seed, clip_id, "channel"))
+                                          seeded_rng(options.seed, clip_id, "channel"), options.effort_tilt)
                     jobs.append(ClipJob(clip_id, split, sentence_id, sentences[sentence_id],
                                         emotion, voice, params))
     return jobs
@@ -246,17 +248,21 @@ def _uniform(rng: np.random.Generator, band: tuple[float, float]) -> float:
 
 def _draw_params(rng: np.random.Generator, emotion: str, noise_prob: float, babble_pool: tuple,
                  session_pitch: float, session_tempo: float,
-                 channel_rng: np.random.Generator) -> ClipParams:
+                 channel_rng: np.random.Generator, effort_tilt: float = 0.0) -> ClipParams:
     band = EMOTION_BANDS[emotion]
     # the channel comes from its own stream and never sees the label
     channel_params = draw_channel(channel_rng, noise_prob)
+    f0_shift, range_scale, rate = (_uniform(rng, band.f0_shift_st), _uniform(rng, band.f0_range_scale),
+                                   _uniform(rng, band.rate))
+    level, pitch_share = _uniform(rng, band.level_db), float(rng.uniform(0.5, 1.0))
+    tilt_mean = effort_tilt * level if effort_tilt else band.tilt_db
     return ClipParams(
-        f0_shift_st=_uniform(rng, band.f0_shift_st),
-        f0_range_scale=_uniform(rng, band.f0_range_scale),
-        rate=_uniform(rng, band.rate),
-        level_db=_uniform(rng, band.level_db),
-        engine_pitch_share=float(rng.uniform(0.5, 1.0)),
-        tilt_db=round(float(rng.normal(band.tilt_db, VOICE_QUALITY_SD_DB)), 2),
+        f0_shift_st=f0_shift,
+        f0_range_scale=range_scale,
+        rate=rate,
+        level_db=level,
+        engine_pitch_share=pitch_share,
+        tilt_db=round(float(rng.normal(tilt_mean, VOICE_QUALITY_SD_DB)), 2),
         session_pitch_st=session_pitch,
         session_tempo=session_tempo,
         channel=channel_params,

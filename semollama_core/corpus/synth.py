@@ -102,6 +102,8 @@ def _verify_options(options: SynthOptions, sentence_count: int) -> None:
         raise SynthError(f"--workers must be at least 1, not {options.workers}")
     if not 0.0 <= options.session_spread <= 1.0:
         raise SynthError(f"--session-spread must be between 0 and 1, not {options.session_spread}")
+    if not 0.0 <= options.effort_tilt <= 1.0:
+        raise SynthError(f"--effort-tilt must be between 0 and 1, not {options.effort_tilt}")
     if not 0.0 <= options.noise_prob <= 1.0:
         raise SynthError(f"--noise-prob must be between 0 and 1, not {options.noise_prob}")
     if options.split is not None and options.split not in SPLIT_FRACTIONS:
@@ -343,8 +345,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, options: SynthOptions = SynthO
               "prosody_tool": prosody_tool()}
     for key in ("workers", "progress"):  # they do not change any clip
         record.pop(key)
-    if options.session_spread == 1.0:  # the plan's own: folders made before the option still resume
-        record.pop("session_spread")
+    for key, plan in (("session_spread", 1.0), ("effort_tilt", 0.0)):
+        if record[key] == plan:  # the plan's own: folders made before the option still resume
+            record.pop(key)
     record["emotions"] = list(options.emotions)
     jobs = plan_corpus(options, sentences, engines)
     _prepare_out_dir(out_dir, record)
@@ -427,6 +430,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="scale of each voice-session's pitch (+-1.5 st) and tempo (0.75-1.33) "
                              "draws; 0 renders every session at the voice's own pitch and rate "
                              "(default 1, the plan)")
+    parser.add_argument("--effort-tilt", type=float, default=0.0,
+                        help="dB of voice-quality tilt per dB of each clip's drawn vocal effort, in "
+                             "place of the class's mean tilt (0, the default: the plan)")
     parser.add_argument("--no-audit", action="store_true", help="skip the artefact audit at the end")
     parser.add_argument("--list-voices", action="store_true",
                         help="list the engines, which are installed, and their voices; then exit")
@@ -471,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     options = SynthOptions(sentences=args.sentences, per_pair=args.per_pair, engines=args.engines,
                            workers=args.workers, seed=args.seed, emotions=tuple(args.emotions),
                            noise_prob=args.noise_prob, progress=not args.no_progress,
-                           split=args.split, session_spread=args.session_spread)
+                           split=args.split, session_spread=args.session_spread,
+                           effort_tilt=args.effort_tilt)
     try:
         manifest = synthesize_corpus(args.out, options)
     except SynthError as error:
