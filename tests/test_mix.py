@@ -66,3 +66,37 @@ def test_the_shipped_real_splits_hold_back_whole_corpora_and_polish_speakers():
     assert {"polish:m4", "polish:m5", "crema-d:1001", "crema-d:1002", "emodb:03"} == \
         {s for s, v in splits.items() if v == "test"}
     assert join_speaker_splits([str(REAL_SPLITS), str(REAL_SPLITS)]) == splits
+
+
+def test_perturb_speaker_copies_are_another_voice_and_the_originals_stay(tmp_path):
+    """--perturb-speaker: each augmented copy is the plain channel copy (same channel draw) spoken
+    pitch-shifted by its own label-free draw, and named apart; the original rows are untouched."""
+    import zlib
+
+    from semollama_core.corpus.mix import PERTURB_PITCH_ST
+
+    real = _corpus(tmp_path / "real", [
+        {"audio": f"clips/r{i}.wav", "emotion": e, "transcript": "tak", "speaker": "pl:m1"}
+        for i, e in enumerate(["angry", "neutral", "sad"])])
+    train = _splits(tmp_path / "a.json", {"pl:m1": "train"})
+    made = {}
+    for name, extra in (("plain", []), ("perturbed", ["--perturb-speaker"])):
+        assert cli(["mix", "--out", str(tmp_path / name), str(real), "--speaker-splits", train,
+                    "--augment", "1", *extra]) == 0
+        made[name] = [json.loads(line) for line in (tmp_path / name / "manifest.jsonl").read_text().splitlines()]
+    copies = [r for r in made["perturbed"] if r.get("augmented")]
+    assert len(copies) == 3 and all(r["perturbed"] and r["audio"].endswith("-p1.wav") for r in copies)
+    assert not any("perturbed" in r for r in made["plain"])
+
+    def peak_hz(x):
+        return np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x)), 1 << 20))) * 16000 / (1 << 20)
+
+    for copy in copies:
+        stem = copy["audio"].split("/")[-1].replace("-p1.wav", "")
+        original = next(r["audio"] for r in made["perturbed"] if not r.get("augmented") and f"/{stem}." in r["audio"])
+        rng = np.random.default_rng([zlib.crc32(f"{original}|1".encode()), 1])
+        cents = round(100 * rng.uniform(*PERTURB_PITCH_ST))
+        plain, _ = sf.read(tmp_path / "plain" / copy["audio"].replace("-p1", "-a1"))
+        shifted, _ = sf.read(tmp_path / "perturbed" / copy["audio"])
+        heard = 1200 * np.log2(peak_hz(shifted) / peak_hz(plain))
+        assert abs(heard - cents) < 20, (copy["audio"], cents, heard)

@@ -83,8 +83,24 @@ def _place(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _augmented(rows: list[dict], out: Path, copies: int) -> list[dict]:
-    """K channel-degraded copies of every real training clip (resumable: written clips are kept)."""
+PERTURB_PITCH_ST = (-2.5, 2.5)   # --perturb-speaker: another voice's size (sox pitch moves formants too)
+PERTURB_TEMPO = (0.9, 1.1)       # and habitual rate; both label-free, like the channel
+
+
+def _perturbed(speech, seed: int):
+    """The same utterance as a somewhat different speaker: a pitch (and formant) shift and a
+    tempo change drawn from their own stream, whatever the label."""
+    from ..model.audio import SAMPLE_RATE
+    from .channel import sox
+
+    rng = np.random.default_rng([seed, 1])
+    cents, tempo = 100 * rng.uniform(*PERTURB_PITCH_ST), rng.uniform(*PERTURB_TEMPO)
+    return sox(speech, SAMPLE_RATE, ["pitch", f"{cents:.0f}", "tempo", "-s", f"{tempo:.3f}"])
+
+
+def _augmented(rows: list[dict], out: Path, copies: int, perturb: bool = False) -> list[dict]:
+    """K channel-degraded copies of every real training clip (resumable: written clips are kept);
+    with `perturb`, each copy is also spoken as a somewhat different speaker (_perturbed)."""
     from ..files import atomic_write
     from ..model.audio import SAMPLE_RATE, load_audio, save_wav
     from .channel import apply_channel, draw_channel
@@ -96,7 +112,7 @@ def _augmented(rows: list[dict], out: Path, copies: int) -> list[dict]:
         # other real voices of the same corpus: babble from people, not noise
         others = [r for r in real if r["source"] == row["source"] and r["speaker"] != row["speaker"]]
         for k in range(1, copies + 1):
-            relative = Path("clips") / f"{row['source']}-aug" / f"{source_path.stem}-a{k}.wav"
+            relative = Path("clips") / f"{row['source']}-aug" / f"{source_path.stem}-{'p' if perturb else 'a'}{k}.wav"
             seed = zlib.crc32(f"{row['audio']}|{k}".encode())
             if not (out / relative).exists():
                 rng = np.random.default_rng(seed)
@@ -104,9 +120,12 @@ def _augmented(rows: list[dict], out: Path, copies: int) -> list[dict]:
                 if others:
                     picks = rng.choice(len(others), size=min(3, len(others)), replace=False)
                     babble = sum(np.resize(load_audio(out / others[int(i)]["audio"]), SAMPLE_RATE * 10) for i in picks)
-                clip = apply_channel(load_audio(source_path), draw_channel(rng), babble)
+                speech = load_audio(source_path)
+                if perturb:
+                    speech = _perturbed(speech, seed)
+                clip = apply_channel(speech, draw_channel(rng), babble)
                 atomic_write(out / relative, lambda tmp, c=clip: save_wav(tmp, c))
-            added.append({**row, "audio": relative.as_posix(), "augmented": k})
+            added.append({**row, "audio": relative.as_posix(), "augmented": k, **({"perturbed": True} if perturb else {})})
     return added
 
 
@@ -121,7 +140,8 @@ def _source_name(manifest: Path, taken: set[str]) -> str:
 
 
 def mix_manifests(sources: list[str], out_dir: str | os.PathLike, *, speaker_splits: dict[str, str] | None = None,
-                  labels: tuple[str, ...] = CORE_LABELS, augment: int = 0) -> tuple[Path, dict]:
+                  labels: tuple[str, ...] = CORE_LABELS, augment: int = 0,
+                  perturb_speaker: bool = False) -> tuple[Path, dict]:
     """Join `sources` into out_dir/manifest.jsonl; returns it and counts per source/split/label."""
     out = Path(out_dir)
     rows, counts, dropped, taken = [], Counter(), Counter(), set()
@@ -144,7 +164,7 @@ def mix_manifests(sources: list[str], out_dir: str | os.PathLike, *, speaker_spl
     if not rows:
         raise ManifestError("No rows to mix: every row was left out (labels or splits).")
     if augment:
-        extra = _augmented(rows, out, augment)
+        extra = _augmented(rows, out, augment, perturb_speaker)
         counts.update(f"{r['source']} train {r['emotion']} (augmented)" for r in extra)
         rows += extra
     path = write_manifest(out / "manifest.jsonl", rows)
@@ -163,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", default=",".join(CORE_LABELS), help="labels to keep (default the core four)")
     parser.add_argument("--augment", type=int, default=0,
                         help="channel-degraded copies of each real training clip (default 0)")
+    parser.add_argument("--perturb-speaker", action="store_true",
+                        help="each augmented copy also gets a pitch-and-formant shift of +-2.5 st and a "
+                             "tempo of 0.9-1.1, label-free (another speaker's size and rate)")
     args = parser.parse_args(argv)
     try:
         splits = join_speaker_splits(args.speaker_splits) if args.speaker_splits else None
@@ -170,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.augment <= 8:
             raise ManifestError("--augment must be between 0 and 8 copies.")
         path, report = mix_manifests(args.manifests, args.out, speaker_splits=splits, labels=labels,
-                                     augment=args.augment)
+                                     augment=args.augment, perturb_speaker=args.perturb_speaker)
     except (ManifestError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
