@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval.common import paired_ua_difference  # noqa: E402
-from head_transfer_dev import corpus_fits  # noqa: E402
+from head_transfer_dev import add_fit_arguments, corpus_fits  # noqa: E402
 from semollama_core import load_audio  # noqa: E402
 from semollama_core.config import EMBEDDED_WHISPER_BASE, SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
@@ -55,11 +55,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--cache", default="data/targets/features")
+    add_fit_arguments(parser)
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     system = SEmoLlama(SEmoConfig.from_env().replace(decoder="torch", device="cpu"))
     adapter = system.adapter
     labels = list(adapter.config.labels)

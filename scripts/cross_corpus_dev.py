@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from head_transfer_dev import add_fit_arguments  # noqa: E402
 from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
@@ -63,13 +64,11 @@ def main(argv: list[str]) -> int:
                         help="an adapter folder instead of RUN/adapter (e.g. assets/speech_llm; only the "
                              "head's inputs matter: every fit starts from fresh head weights)")
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--cache", default="data/targets/features")
+    add_fit_arguments(parser)
     parser.add_argument("--synthetic", default=SYNTHETIC,
                         help="the synthetic corpus's source name (the folder of its manifest)")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     adapter_dir = args.adapter or str(Path(args.run) / "adapter")
     system = SEmoLlama(SEmoConfig.from_env().replace(adapter=adapter_dir, decoder="torch",
                                                       device="cpu"))

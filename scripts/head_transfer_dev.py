@@ -93,21 +93,27 @@ def noisy_dev_inputs(system, dev_rows: list, sources: list[str], spec: str) -> d
     return out
 
 
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every dev script that refits the emotion head shares: --seeds (a comma list,
+    parsed to ints), --epochs (the recipe's 60) and --cache (the training feature cache)."""
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--cache", default="data/targets/features")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="mixed manifest with a `source` column and train/dev splits")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=60)
+    add_fit_arguments(parser)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--cache", default="data/targets/features")
     parser.add_argument("--noisy-dev", default="",
                         help="also score the 'all' fit on the real dev rows under noise, e.g. brown:10,brown:5 "
                              "(kinds: white, pink, brown; SNR in dB)")
     parser.add_argument("--prosody-version", type=int, default=None,
                         help="prosody channel of the features (default: the shipped adapter's)")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     system = SEmoLlama(SEmoConfig.from_env().replace(decoder="torch", device="cpu"))
     adapter = system.adapter
     if args.prosody_version is not None:  # features of another prosody channel (the head is refitted anyway)

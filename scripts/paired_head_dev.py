@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eval.common import paired_ua_difference  # noqa: E402
+from head_transfer_dev import add_fit_arguments  # noqa: E402
 from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.metrics import unweighted_accuracy  # noqa: E402
 from semollama_core.model.pipeline import SEmoLlama  # noqa: E402
@@ -32,19 +33,21 @@ from semollama_core.training.train import load_clips  # noqa: E402
 
 
 def dev_posteriors(system, manifest: str, seeds: list[int], epochs: int, cache: Path) -> dict:
-    """{clip key: (source, true label, seed-averaged posterior)} for the mix's dev rows."""
+    """{clip key: (source, true label, seed-averaged posterior, real speech?)} for the mix's dev rows."""
     clips = load_clips(manifest, ("train", "dev"), system, cache)
     root = Path(manifest).resolve().parent
     dev = clips["dev"]
+    inputs = head_inputs(system.adapter, [f for _, f, _ in dev], "cpu")  # the same columns for every seed
     total = None
     for seed in seeds:
         adapter = copy.deepcopy(system.adapter)
-        fit_emotion_head(adapter, clips["train"], dev, epochs=epochs, seed=seed)
+        fit_emotion_head(adapter, clips["train"], [], epochs=epochs, seed=seed)  # dev is scored below
         with torch.no_grad():
-            probs = torch.softmax(adapter.head_logits(head_inputs(adapter, [f for _, f, _ in dev], "cpu")), -1)
+            probs = torch.softmax(adapter.head_logits(inputs), -1)
         total = probs if total is None else total + probs
     mean = (total / len(seeds)).numpy()
-    return {str(Path(u.audio_path).resolve().relative_to(root)): (clip_source(u), u.emotion, mean[i])
+    return {str(Path(u.audio_path).resolve().relative_to(root)): (clip_source(u), u.emotion, mean[i],
+                                                                 "engine" not in u.extra)
             for i, (u, _, _) in enumerate(dev)}
 
 
@@ -54,11 +57,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("mix_b", help="the candidate mix's manifest")
     parser.add_argument("--adapter", default="assets/speech_llm", help="adapter whose head inputs are used")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--cache", default="data/targets/features")
+    add_fit_arguments(parser)
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     system = SEmoLlama(SEmoConfig.from_env().replace(adapter=args.adapter, decoder="torch", device="cpu"))
     labels = list(system.adapter.config.labels)
     a = dev_posteriors(system, args.mix_a, seeds, args.epochs, Path(args.cache))
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
     if len(keys) != len(a) or len(keys) != len(b):
         raise SystemExit(f"error: the mixes' dev rows differ ({len(a)} and {len(b)}, {len(keys)} shared)")
     sources = sorted({a[k][0] for k in keys})
-    real = [s for s in sources if not s.startswith("synth")]
+    real = sorted({a[k][0] for k in keys if a[k][3]})  # a row without an engine is a person (as mix reads it)
     report: dict = {}
     for name, members in [*[(s, (s,)) for s in sources], ("real_pooled", tuple(real))]:
         rows = [k for k in keys if a[k][0] in members]
