@@ -29,7 +29,8 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .common import EvalError, argument_parser, check_out_path, metadata, positive_int, run_cli, write_json
+from .common import (EvalError, argument_parser, check_out_path, metadata, positive_int, run_cli, run_meta,
+                     write_json)
 from .llama_cpp_peer import llama_cpp_report
 from .timing import median_seconds, median_stream, paired_times, rounded
 
@@ -342,8 +343,9 @@ def run_bench(options: BenchOptions) -> dict:
     if not default.trained:
         notes.append("The speech adapter is untrained (fresh): speech_llm answers are noise, so their "
                      "length, and the speech_llm generate/end-to-end times, are not those of a trained model.")
-    return assemble(options, machine, stages, (end_to_end, natural), per_system, respond, ser_from_audio,
-                    ser_from_features, generation, footprint, peer, notes, describe)
+    report = assemble(options, machine, stages, (end_to_end, natural), per_system, respond, ser_from_audio,
+                      ser_from_features, generation, footprint, peer, notes, describe)
+    return {**report, "meta": run_meta(None, default)}  # the `meta` every eval JSON carries (DESIGN.md)
 
 
 def assemble(options, machine, stages, end_to_end, per_system, respond, ser_from_audio, ser_from_features,

@@ -1,5 +1,6 @@
 """The benchmark's command-line contract on a real --quick run, and the llama.cpp peer's
 embedding input against its own token input (when llama-cpp-python is installed)."""
+import hashlib
 import json
 import math
 import subprocess
@@ -40,6 +41,10 @@ def test_quick_run_fills_the_contract(quick_report):
     assert quick_report["llm_footprint_mb"]["nf4"] < quick_report["llm_footprint_mb"]["none"]
     machine = quick_report["machine"]
     assert machine["cpu_count"] >= 1 and machine["threads"] >= 1 and machine["cpu_model"]
+    meta = quick_report["meta"]  # every eval JSON's meta (DESIGN.md), tied to the adapter that ran
+    assert {"adapter_sha256", "manifest_sha256", "commit", "machine", "command", "date"} <= set(meta)
+    shipped = REPO / "assets" / "speech_llm" / "adapter.safetensors"
+    assert meta["adapter_sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
 
 
 def test_ratio_matches_the_two_rates_or_is_null(quick_report):
