@@ -19,17 +19,18 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eval.bench import BenchOptions  # noqa: E402
 from eval.common import run_meta, write_json  # noqa: E402
 from eval.llama_cpp_peer import common_prefix_share  # noqa: E402
+from eval.timing import median_seconds  # noqa: E402
 from semollama_core import DecodingOptions, PromptInput  # noqa: E402
 from semollama_core.config import SEmoConfig  # noqa: E402
 from semollama_core.model import prompts  # noqa: E402
@@ -48,25 +49,6 @@ def requantize(source: Path, target: Path, ftype_name: str) -> Path:
     return target
 
 
-def median_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def greedy(model: LlamaCppModel, ids: list[int], n: int, stop_ids) -> list[int]:
-    out = []
-    for token in model.tokens(ids, n, stop_ids):
-        if token in stop_ids:
-            break
-        out.append(token)
-    return out
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="manifest whose dev transcripts make the prompts")
@@ -82,26 +64,27 @@ def main(argv: list[str]) -> int:
     ids = [system.token_ids(t) for t in texts]
     decoding = DecodingOptions(max_new_tokens=32)
     reference_answers = [system.generate([p], decoding)[0] for p in inputs]
-    with __import__("torch").no_grad():
-        reference_logits = [system.llm.model(input_ids=__import__("torch").tensor([row])).logits[0, -1].numpy()
-                            for row in ids]
+    with torch.no_grad():
+        reference_logits = [system.llm.model(input_ids=torch.tensor([row])).logits[0, -1].numpy() for row in ids]
     source = embedded_gguf_path()
     filler = system.token_ids("hello there " * 60)[:97]
+    timing = BenchOptions()  # the benchmark's medians: one untimed run, then 5 timed
     report = {"meta": run_meta(args.manifest), "prompts": len(inputs), "source": source.name, "variants": {}}
     with tempfile.TemporaryDirectory() as folder:
         variants = {"Q4_1 (shipped)": source,
                     "Q4_0": requantize(source, Path(folder) / "q4_0.gguf", "LLAMA_FTYPE_MOSTLY_Q4_0"),
                     "Q4_K_M": requantize(source, Path(folder) / "q4_k_m.gguf", "LLAMA_FTYPE_MOSTLY_Q4_K_M")}
         for name, path in variants.items():
-            model = LlamaCppModel(path, n_threads=system.config.threads or __import__("torch").get_num_threads())
-            answers = [system.tokenizer.decode(greedy(model, row, 32, system.stop_ids), skip_special_tokens=True).strip()
-                       for row in ids]
+            model = LlamaCppModel(path, n_threads=system.config.threads or torch.get_num_threads())
+            answers = [system.tokenizer.decode(model.generate_from_tokens(row, 32, system.stop_ids).token_ids,
+                                               skip_special_tokens=True).strip() for row in ids]
             correlations = [float(np.corrcoef(model.next_token_logits(row), ref)[0, 1])
                             for row, ref in zip(ids, reference_logits)]
             entry = {"file_mb": round(path.stat().st_size / 2**20, 1),
-                     "prompt_read_s": {str(n): round(median_seconds(lambda: model.next_token_logits(filler[:n])), 4)
-                                       for n in (23, 55, 97)},
-                     "answer_64_tokens_s": round(median_seconds(lambda: greedy(model, ids[0], 64, [])), 4),
+                     "prompt_read_s": {str(n): round(median_seconds(lambda: model.next_token_logits(filler[:n]),
+                                                                    timing), 4) for n in (23, 55, 97)},
+                     "answer_64_tokens_s": round(median_seconds(lambda: model.generate_from_tokens(ids[0], 64, []),
+                                                                timing), 4),
                      "logit_correlation_with_fp32": round(float(np.mean(correlations)), 4),
                      "same_answer_as_fp32": round(float(np.mean([a == b for a, b in zip(answers, reference_answers)])), 3),
                      "common_prefix_share_with_fp32": round(float(np.mean([common_prefix_share(a, b) for a, b in

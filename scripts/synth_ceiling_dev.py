@@ -14,6 +14,11 @@ measures what that costs, with the plainest prosodic features and no model of ou
   rendering per voice, sentence and emotion, so the neutral clips have no reference of their
   own: this set scores happy, sad and angry only (3 classes, chance 1/3).
 
+It extends `scripts/v2_reference_dev.py` (eight functionals, logistic regression only, references
+built from all of a voice's clips, which include the label's siblings): this one adds level,
+brightness, pauses and the final pitch movement, a tree model, and references made of neutral
+clips only, the way the conventions state them.
+
 Each set trains a logistic regression and a gradient-boosted tree on the train split's voices
 and is scored on the dev split's voices (disjoint people), UA with a 95 % bootstrap interval
 that resamples sentences. The test split is not read.
@@ -75,11 +80,11 @@ def clip_features(audio: np.ndarray, transcript: str, rate: int = 16000) -> np.n
     ])
 
 
-def load_rows(manifest: Path, progress: bool = True) -> list[dict]:
+def load_rows(manifest: Path) -> list[dict]:
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") in SPLITS]
     from tqdm import tqdm
-    for r in tqdm(rows, desc="prosody", disable=not progress):
+    for r in tqdm(rows, desc="prosody", unit="clip"):
         r["x"] = clip_features(load_audio(manifest.parent / r["audio"]), r.get("transcript", ""))
     return rows
 
